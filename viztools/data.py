@@ -1,0 +1,178 @@
+"""Images for the course: example photographs by name, any file or array, as pixel tensors in [0, 1]."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, UnidentifiedImageError
+
+from viztools._validation import check_int, suggest
+
+#: torchvision's ImageNet evaluation crop: Resize(256) then CenterCrop(224).
+CROP_FRACTION = 224 / 256
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        return getattr(skimage.data, name)()
+
+    return load
+
+
+def _sklearn(filename: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(filename)
+
+    return load
+
+
+def _matplotlib(filename: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import matplotlib
+
+        return np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / filename).convert("RGB"))
+
+    return load
+
+
+#: Example images by name: (description, loader). All ship with scikit-image, scikit-learn or matplotlib.
+EXAMPLE_IMAGES: dict[str, tuple[str, Callable[[], np.ndarray]]] = {
+    "cat": ("Chelsea the cat (scikit-image)", _skimage("chelsea")),
+    "coffee": ("a cup of coffee (scikit-image)", _skimage("coffee")),
+    "astronaut": ("astronaut Eileen Collins (scikit-image)", _skimage("astronaut")),
+    "rocket": ("a rocket on its launch pad (scikit-image)", _skimage("rocket")),
+    "camera": ("the cameraman (scikit-image, greyscale)", _skimage("camera")),
+    "china": ("a Chinese temple (scikit-learn)", _sklearn("china.jpg")),
+    "flower": ("a flower (scikit-learn)", _sklearn("flower.jpg")),
+    "grace_hopper": ("Grace Hopper (matplotlib)", _matplotlib("grace_hopper.jpg")),
+    # Textures, for neural style and as backgrounds.
+    "hubble": ("texture: the Hubble deep field (scikit-image)", _skimage("hubble_deep_field")),
+    "stained_cells": ("texture: stained tissue (scikit-image immunohistochemistry)", _skimage("immunohistochemistry")),
+    "colorwheel": ("texture: a colour wheel (scikit-image)", _skimage("colorwheel")),
+    "brick": ("texture: a brick wall (scikit-image, greyscale)", _skimage("brick")),
+    "grass": ("texture: grass (scikit-image, greyscale)", _skimage("grass")),
+    "gravel": ("texture: gravel (scikit-image, greyscale)", _skimage("gravel")),
+}
+
+
+def example_image_names() -> list[str]:
+    """Names accepted by :func:`example_image` and :func:`load_image`."""
+    return list(EXAMPLE_IMAGES)
+
+
+def example_image(name: str) -> np.ndarray:
+    """An example image as an ``(H, W, 3)`` uint8 array."""
+    if name not in EXAMPLE_IMAGES:
+        raise ValueError(
+            f"Unknown example image {name!r}.{suggest(name, list(EXAMPLE_IMAGES))} "
+            f"Choose one of: {', '.join(EXAMPLE_IMAGES)}, or pass a file path or an array."
+        )
+    return _as_rgb_uint8(EXAMPLE_IMAGES[name][1](), name)
+
+
+def _as_rgb_uint8(array: np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"{what}: an image array must have shape (H, W), (H, W, 3) or (H, W, 4); got {array.shape}. "
+            "For a channels-first array use array.transpose(1, 2, 0)."
+        )
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    array = array[..., :3]
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and (np.nanmin(array) < 0 or np.nanmax(array) > 1):
+            raise ValueError(f"{what}: a float image must have values in [0, 1]; got [{array.min():g}, {array.max():g}].")
+        array = np.round(array * 255)
+    return np.ascontiguousarray(array.astype(np.uint8))
+
+
+def _read_file(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Cannot read {str(path)!r} as an image ({error}). Use a PNG or JPEG file.") from error
+
+
+def _to_pixels(source: object) -> torch.Tensor:
+    """Any supported source -> ``(1, 3, H, W)`` float tensor in [0, 1] at its own size."""
+    if isinstance(source, torch.Tensor):
+        pixels = source.detach().float()
+        if pixels.dim() == 3:
+            pixels = pixels.unsqueeze(0)
+        if pixels.dim() != 4 or pixels.shape[:2] != (1, 3):
+            raise ValueError(f"An image tensor must have shape (3, H, W) or (1, 3, H, W); got {tuple(source.shape)}.")
+        if pixels.numel() and (pixels.min() < 0 or pixels.max() > 1):
+            raise ValueError("An image tensor must hold pixels in [0, 1]; use model.denormalize(...) first.")
+        return pixels
+    if isinstance(source, (str, os.PathLike)):
+        if isinstance(source, str) and source in EXAMPLE_IMAGES:
+            array = example_image(source)
+        else:
+            path = Path(source).expanduser()
+            if not path.is_file():
+                hint = suggest(str(source), list(EXAMPLE_IMAGES))
+                raise FileNotFoundError(
+                    f"No image file {str(source)!r} (and no example image of that name).{hint} "
+                    f"Check the path, or use an example image: {', '.join(EXAMPLE_IMAGES)}."
+                )
+            array = _read_file(path)
+    elif isinstance(source, Image.Image):
+        array = np.asarray(source.convert("RGB"))
+    elif isinstance(source, np.ndarray):
+        array = _as_rgb_uint8(source, "image")
+    else:
+        raise TypeError(
+            f"Cannot make an image from {type(source).__name__}. Pass an example name, a file path, a PIL image, "
+            "a numpy array (H, W, 3) or a tensor (3, H, W) in [0, 1]."
+        )
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+
+
+def load_image(source: object, size: int | None = 224, *, crop: bool = True) -> torch.Tensor:
+    """Load an image as a ``(1, 3, size, size)`` pixel tensor in [0, 1].
+
+    Args:
+        source: an example image name (see :func:`example_image_names`), a file path, a PIL image, an
+            ``(H, W[, 3])`` array (uint8, or float in [0, 1]) or a ``(3, H, W)`` tensor in [0, 1].
+        size: output side; ``None`` keeps the image's own size.
+        crop: resize the shorter side to ``size / 0.875`` and take the central ``size`` square (torchvision's
+            Resize(256) / CenterCrop(224)); with ``crop=False`` the whole image is squashed to the square.
+    """
+    pixels = _to_pixels(source)
+    if size is None:
+        return pixels
+    size = check_int(size, "size", low=1)
+    if crop:
+        pixels = TF.resize(pixels, round(size / CROP_FRACTION), antialias=True)
+        pixels = TF.center_crop(pixels, [size, size])
+    else:
+        pixels = TF.resize(pixels, [size, size], antialias=True)
+    return pixels.clamp(0, 1).contiguous()
+
+
+def to_numpy_image(pixels: torch.Tensor) -> np.ndarray:
+    """A pixel tensor ``(1, 3, H, W)`` or ``(3, H, W)`` -> an ``(H, W, 3)`` float array in [0, 1] for imshow."""
+    if not isinstance(pixels, torch.Tensor):
+        raise TypeError(f"Expected a pixel tensor; got {type(pixels).__name__}.")
+    if pixels.dim() == 4:
+        if pixels.shape[0] != 1:
+            raise ValueError(f"Expected a single image; got a batch of {pixels.shape[0]}. Index one image first.")
+        pixels = pixels[0]
+    if pixels.dim() != 3 or pixels.shape[0] != 3:
+        raise ValueError(f"Expected shape (3, H, W) or (1, 3, H, W); got {tuple(pixels.shape)}.")
+    return pixels.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()

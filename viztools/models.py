@@ -1,0 +1,454 @@
+"""Models for the course: the built-in GlyphNet and torchvision's ImageNet classifiers.
+
+``load_model(name)`` returns a :class:`VizModel`, the one object every technique takes. It carries the network
+(eval mode, frozen parameters, out-of-place ReLUs so hooks and modified backward passes work), its
+normalization, class names, input size and the named layers a dropdown can offer. Metadata travels with the
+weights as in torchvision's weights API (``Weights.meta["categories"]``): callers never hard-code mean/std or
+class names.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from viztools._validation import check_image, check_int, suggest
+
+WEIGHTS_DIR_ENV = "VIZTOOLS_WEIGHTS_DIR"
+OFFLINE_ENV = "VIZTOOLS_OFFLINE"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GLYPHNET_WEIGHTS = Path(__file__).parent / "weights" / "glyphnet.pt"
+
+
+@dataclass(eq=False)
+class VizModel:
+    """A classifier ready for visualization: ``model(pixels)`` maps ``(N, 3, H, W)`` pixels in [0, 1] to logits.
+
+    Attributes:
+        name: registry name (``"glyphnet"``, ``"squeezenet1_1"``, ...).
+        network: the torch module; it expects *normalized* input. Eval mode, parameters frozen.
+        categories: class names, index-aligned with the logits.
+        input_size: side of the square input the network was trained on.
+        mean, std: per-channel normalization applied inside ``__call__``.
+        layers: friendly layer name -> dotted module path in ``network``, in forward order. Each names the
+            activation after the block's nonlinearity (``"conv1"`` is conv1's ReLU output).
+        weights_source: where the weights came from (a path, ``"random"``, ...).
+        note: a message for the user (e.g. why ``"auto"`` fell back to GlyphNet), or None.
+    """
+
+    name: str
+    network: nn.Module
+    categories: list[str]
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    layers: dict[str, str] = field(default_factory=dict)
+    weights_source: str = "random"
+    note: str | None = None
+
+    def __post_init__(self) -> None:
+        prepare_network(self.network)
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        for friendly, path in self.layers.items():
+            _get_submodule(self.network, path, friendly)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of pixel images in [0, 1]."""
+        pixels = check_image(pixels, "pixels", batch=True)
+        return self.network(self.normalize(pixels))
+
+    def __repr__(self) -> str:
+        return (
+            f"VizModel(name={self.name!r}, classes={len(self.categories)}, input_size={self.input_size}, "
+            f"layers={list(self.layers)}, weights={self.weights_source!r})"
+        )
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] -> the network's normalized input."""
+        return (pixels - self._mean.to(pixels)) / self._std.to(pixels)
+
+    def denormalize(self, normalized: torch.Tensor) -> torch.Tensor:
+        """The network's normalized input -> pixels (not clamped)."""
+        return normalized * self._std.to(normalized) + self._mean.to(normalized)
+
+    def preprocess(self, source: object) -> torch.Tensor:
+        """Any image (example name, path, array, PIL image, tensor) -> ``(1, 3, S, S)`` pixels at the input size."""
+        from viztools.data import load_image
+
+        return load_image(source, size=self.input_size)
+
+    def deprocess(self, pixels: torch.Tensor) -> np.ndarray:
+        """Pixel tensor -> ``(H, W, 3)`` float array in [0, 1] for ``plt.imshow``."""
+        from viztools.data import to_numpy_image
+
+        return to_numpy_image(pixels)
+
+    def layer_path(self, name: str) -> str:
+        """Resolve a friendly layer name or a dotted module path to the dotted path."""
+        if name in self.layers:
+            return self.layers[name]
+        if isinstance(name, str) and name and name in dict(self.network.named_modules()):
+            return name
+        raise ValueError(
+            f"Unknown layer {name!r} for model {self.name!r}.{suggest(name, list(self.layers))} "
+            f"Choose one of: {', '.join(self.layers)} (or a dotted module path from model.network.named_modules())."
+        )
+
+    def layer(self, name: str) -> nn.Module:
+        """The module for a friendly layer name or a dotted module path."""
+        return self.network.get_submodule(self.layer_path(name))
+
+    def class_index(self, target: int | str) -> int:
+        """Resolve a class index or a class name (case-insensitive) to an index."""
+        if isinstance(target, str):
+            lowered = [c.lower() for c in self.categories]
+            if target.lower() in lowered:
+                return lowered.index(target.lower())
+            raise ValueError(
+                f"Unknown class name {target!r} for model {self.name!r}.{suggest(target, self.categories)} "
+                f"See model.categories for the {len(self.categories)} class names."
+            )
+        if isinstance(target, torch.Tensor) and target.numel() == 1:
+            target = int(target.item())
+        return check_int(target, "target class index", low=0, high=len(self.categories) - 1)
+
+    def resolve_target(self, target: int | str | None, pixels: torch.Tensor) -> int:
+        """``class_index(target)``, or the top prediction for ``pixels`` when ``target`` is None."""
+        if target is None:
+            with torch.no_grad():
+                return int(self(pixels).argmax(dim=1)[0])
+        return self.class_index(target)
+
+    @torch.no_grad()
+    def predict(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, classes)``."""
+        return torch.softmax(self(pixels), dim=1)
+
+    def top_k(self, pixels: torch.Tensor, k: int = 5) -> list[tuple[int, str, float]]:
+        """The k most probable classes of a single image as ``(index, name, probability)``."""
+        k = check_int(k, "k", low=1, high=len(self.categories))
+        probs = self.predict(check_image(pixels, "pixels"))[0]
+        values, indices = probs.topk(k)
+        return [(int(i), self.categories[int(i)], float(v)) for v, i in zip(values, indices)]
+
+
+def prepare_network(network: nn.Module) -> nn.Module:
+    """Make a network safe for visualization, in place: eval mode, frozen parameters, no in-place ops.
+
+    In-place ReLUs break full backward hooks and overwrite stored activations (pytorch #61519, captum #973).
+    """
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    for module in network.modules():
+        if hasattr(module, "inplace") and module.inplace:
+            module.inplace = False
+    return network
+
+
+def _get_submodule(network: nn.Module, path: str, friendly: str) -> nn.Module:
+    try:
+        return network.get_submodule(path)
+    except AttributeError as error:
+        raise ValueError(f"Layer {friendly!r} points at {path!r}, which the network does not have.") from error
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry of ImageNet models
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ImageNetSpec:
+    builder: Callable[..., nn.Module]
+    weights_enum: type[torchvision.models.WeightsEnum]
+    layers: dict[str, str]
+    adapt: Callable[[nn.Module], nn.Module] = lambda network: network
+
+
+def _squeezenet_layers(fire_indices: dict[str, int], pools: dict[str, int]) -> dict[str, str]:
+    blocks = {"conv1": 1, "pool1": 2, **fire_indices, **pools}
+    ordered = sorted(blocks.items(), key=lambda item: item[1])
+    layers = {name: f"features.{index}" for name, index in ordered}
+    layers.update({"conv10": "classifier.2", "logits": "classifier.3"})
+    return layers
+
+
+def _vgg16_layers() -> dict[str, str]:
+    names = ["conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2", "pool2", "conv3_1", "conv3_2", "conv3_3",
+             "pool3", "conv4_1", "conv4_2", "conv4_3", "pool4", "conv5_1", "conv5_2", "conv5_3", "pool5"]
+    indices = [1, 3, 4, 6, 8, 9, 11, 13, 15, 16, 18, 20, 22, 23, 25, 27, 29, 30]
+    layers = {name: f"features.{i}" for name, i in zip(names, indices)}
+    layers.update({"fc6": "classifier.1", "fc7": "classifier.4", "logits": "classifier.6"})
+    return layers
+
+
+def _googlenet_explicit_relus(network: nn.Module) -> nn.Module:
+    """torchvision's GoogLeNet applies a functional in-place ReLU inside BasicConv2d; make it a module."""
+    from torchvision.models.googlenet import BasicConv2d
+
+    for parent in list(network.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BasicConv2d):
+                block = nn.Sequential(OrderedDict(conv=child.conv, bn=child.bn, relu=nn.ReLU()))
+                setattr(parent, child_name, block)
+    return network
+
+
+_GOOGLENET_BLOCKS = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
+                     "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
+                     "inception5a", "inception5b", "avgpool"]
+
+IMAGENET_MODELS: dict[str, _ImageNetSpec] = {
+    "squeezenet1_0": _ImageNetSpec(
+        torchvision.models.squeezenet1_0,
+        torchvision.models.SqueezeNet1_0_Weights,
+        _squeezenet_layers({"fire2": 3, "fire3": 4, "fire4": 5, "fire5": 7, "fire6": 8, "fire7": 9, "fire8": 10,
+                            "fire9": 12}, {"pool4": 6, "pool8": 11}),
+    ),
+    "squeezenet1_1": _ImageNetSpec(
+        torchvision.models.squeezenet1_1,
+        torchvision.models.SqueezeNet1_1_Weights,
+        _squeezenet_layers({"fire2": 3, "fire3": 4, "fire4": 6, "fire5": 7, "fire6": 9, "fire7": 10, "fire8": 11,
+                            "fire9": 12}, {"pool3": 5, "pool5": 8}),
+    ),
+    "alexnet": _ImageNetSpec(
+        torchvision.models.alexnet,
+        torchvision.models.AlexNet_Weights,
+        {"conv1": "features.1", "pool1": "features.2", "conv2": "features.4", "pool2": "features.5",
+         "conv3": "features.7", "conv4": "features.9", "conv5": "features.11", "pool5": "features.12",
+         "fc6": "classifier.2", "fc7": "classifier.5", "logits": "classifier.6"},
+    ),
+    "vgg16": _ImageNetSpec(torchvision.models.vgg16, torchvision.models.VGG16_Weights, _vgg16_layers()),
+    "googlenet": _ImageNetSpec(
+        lambda **kwargs: torchvision.models.googlenet(aux_logits=True, transform_input=True, init_weights=False,
+                                                      **kwargs),
+        torchvision.models.GoogLeNet_Weights,
+        {**{name: name for name in _GOOGLENET_BLOCKS}, "logits": "fc"},
+        adapt=_googlenet_explicit_relus,
+    ),
+}
+
+MODEL_NAMES: tuple[str, ...] = ("glyphnet", *IMAGENET_MODELS)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _default_weights(name: str) -> torchvision.models.WeightsEnum:
+    return IMAGENET_MODELS[name].weights_enum.DEFAULT
+
+
+def _weights_dirs() -> list[Path]:
+    return [Path(p).expanduser() for p in os.environ.get(WEIGHTS_DIR_ENV, "").split(os.pathsep) if p]
+
+
+def find_local_weights(name: str) -> Path | None:
+    """A weights file for ``name`` available offline, or None.
+
+    Looks in the folders of ``$VIZTOOLS_WEIGHTS_DIR`` for ``<name>.pth``, ``<name>-*.pth`` or ``<name>_*.pth``
+    (``.pt`` too), then in the torch hub cache where torchvision stores downloads.
+    """
+    _check_model_name(name)
+    if name == "glyphnet":
+        return GLYPHNET_WEIGHTS if GLYPHNET_WEIGHTS.is_file() else None
+    for folder in _weights_dirs():
+        candidates = sorted(
+            path for pattern in (f"{name}.pt*", f"{name}-*.pt*", f"{name}_*.pt*") for path in folder.glob(pattern)
+        )
+        candidates = [path for path in candidates if path.suffix in (".pth", ".pt") and path.is_file()]
+        if candidates:
+            return candidates[0]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(_default_weights(name).url).path).name
+    return cached if cached.is_file() else None
+
+
+def _can_reach(url: str, timeout: float = 3.0) -> bool:
+    if os.environ.get(OFFLINE_ENV):
+        return False
+    host = urlparse(url).hostname
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _missing_weights_message(name: str) -> str:
+    url = _default_weights(name).url
+    filename = Path(urlparse(url).path).name
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    return (
+        f"No ImageNet weights for {name!r} are available offline, and they cannot be downloaded now. "
+        f"Provide them in one of these ways: (1) load_model({name!r}, weights='/path/to/{filename}'); "
+        f"(2) put the file in a folder and set {WEIGHTS_DIR_ENV} to that folder; "
+        f"(3) on a machine with internet, run `viztools download {name}` (stores {filename} in {hub}). "
+        "Or use load_model('glyphnet'), the built-in model that needs no download."
+    )
+
+
+def _download_weights(name: str) -> Path:
+    """Download torchvision's weights for ``name`` into the torch hub cache (only when the host is reachable)."""
+    url = _default_weights(name).url
+    if not _can_reach(url):
+        raise RuntimeError(_missing_weights_message(name))
+    _default_weights(name).get_state_dict(progress=True, check_hash=True)
+    path = find_local_weights(name)
+    if path is None:  # pragma: no cover - torchvision stored it somewhere unexpected
+        raise RuntimeError(f"Downloaded weights for {name!r} but cannot find them in {torch.hub.get_dir()}.")
+    return path
+
+
+def download_weights(name: str) -> Path:
+    """Fetch ImageNet weights for ``name`` into the torch hub cache and return the file (for ``viztools download``)."""
+    _check_model_name(name)
+    if name == "glyphnet":
+        raise ValueError("GlyphNet's weights ship with viztools; there is nothing to download.")
+    return find_local_weights(name) or _download_weights(name)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict file (plain, or wrapped under ``"state_dict"``), casting floating tensors to float32."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"Weights file {str(path)!r} does not exist. Check the path (weights=...).")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"Cannot read weights file {str(path)!r}: {error}. Is it a PyTorch state_dict?") from error
+    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ValueError(f"Weights file {str(path)!r} does not hold a state_dict (a dict of tensors).")
+    return {k: v.float() if v.is_floating_point() else v for k, v in loaded.items()}
+
+
+def _load_into(network: nn.Module, state_dict: dict[str, torch.Tensor], name: str, source: str) -> None:
+    try:
+        network.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise ValueError(
+            f"The weights in {source!r} do not fit the {name!r} architecture ({first_line}). "
+            f"Pass a state_dict saved from torchvision.models.{name}() (or viztools' own for glyphnet)."
+        ) from error
+
+
+# --------------------------------------------------------------------------------------------------------------
+# load_model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_model_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ValueError(
+            f"Unknown model {name!r}.{suggest(name, MODEL_NAMES)} Choose one of: {', '.join(MODEL_NAMES)}, "
+            "or 'auto' (ImageNet SqueezeNet when its weights are available, else GlyphNet)."
+        )
+
+
+def load_model(name: str = "auto", weights: str | os.PathLike | None = None) -> VizModel:
+    """Load a model for visualization.
+
+    Args:
+        name: ``"glyphnet"`` (built-in, always available), an ImageNet model (``"squeezenet1_1"``,
+            ``"squeezenet1_0"``, ``"alexnet"``, ``"vgg16"``, ``"googlenet"``), or ``"auto"``: ImageNet
+            SqueezeNet when its weights are available offline, else GlyphNet with a note.
+        weights: None to find the weights (``$VIZTOOLS_WEIGHTS_DIR``, the torch hub cache, then a download
+            when online), a path to a state_dict file, or ``"random"`` for an untrained network.
+    """
+    if name == "auto":
+        return _load_auto(weights)
+    _check_model_name(name)
+    if name == "glyphnet":
+        return _load_glyphnet(weights)
+    spec = IMAGENET_MODELS[name]
+    network = spec.builder(weights=None, num_classes=1000)
+    if weights == "random":
+        source = "random"
+    else:
+        path = Path(weights) if weights is not None else find_local_weights(name) or _download_weights(name)
+        state_dict = read_state_dict(path)
+        if name == "googlenet" and not any(k.startswith("aux1.") for k in state_dict):
+            network.aux_logits, network.aux1, network.aux2 = False, None, None
+        _load_into(network, state_dict, name, str(path))
+        source = str(path)
+    if name == "googlenet":
+        network.aux_logits, network.aux1, network.aux2 = False, None, None
+    network = spec.adapt(network)
+    return VizModel(
+        name=name,
+        network=network,
+        categories=list(spec.weights_enum.DEFAULT.meta["categories"]),
+        input_size=224,
+        layers=dict(spec.layers),
+        weights_source=source,
+    )
+
+
+def _load_glyphnet(weights: str | os.PathLike | None) -> VizModel:
+    from viztools.glyphnet import GLYPHNET_LAYERS, GLYPHWORLD_MEAN, GLYPHWORLD_STD, GlyphNet
+    from viztools.glyphworld import CLASS_NAMES
+
+    network = GlyphNet(num_classes=len(CLASS_NAMES))
+    if weights == "random":
+        source = "random"
+    else:
+        path = Path(weights) if weights is not None else GLYPHNET_WEIGHTS
+        if weights is None and not path.is_file():
+            raise FileNotFoundError(
+                f"GlyphNet's weights are missing from the package ({path}). Reinstall viztools, or recreate them "
+                "with `viztools train-glyphnet`."
+            )
+        _load_into(network, read_state_dict(path), "glyphnet", str(path))
+        source = "built-in" if weights is None else str(path)
+    return VizModel(
+        name="glyphnet",
+        network=network,
+        categories=list(CLASS_NAMES),
+        input_size=64,
+        mean=GLYPHWORLD_MEAN,
+        std=GLYPHWORLD_STD,
+        layers=dict(GLYPHNET_LAYERS),
+        weights_source=source,
+    )
+
+
+AUTO_PREFERENCE: tuple[str, ...] = ("squeezenet1_1", "squeezenet1_0")
+
+
+def _load_auto(weights: str | os.PathLike | None) -> VizModel:
+    if weights is not None:
+        raise ValueError("load_model('auto') picks the weights itself; name a model to pass weights=.")
+    for name in AUTO_PREFERENCE:
+        if find_local_weights(name) is not None:
+            return load_model(name)
+    model = load_model("glyphnet")
+    model.note = (
+        "No ImageNet SqueezeNet weights are available offline, so this uses GlyphNet, the built-in model "
+        f"(64x64 icons, {len(model.categories)} classes). To use ImageNet SqueezeNet, set {WEIGHTS_DIR_ENV} to a "
+        "folder holding squeezenet1_1 or squeezenet1_0 weights (see `viztools info`)."
+    )
+    warnings.warn(model.note, stacklevel=2)
+    return model
+
+
+def model_availability() -> list[tuple[str, str | None]]:
+    """Each model name with the weights file available offline (None when it would need a download)."""
+    return [(name, None if (p := find_local_weights(name)) is None else str(p)) for name in MODEL_NAMES]
+
