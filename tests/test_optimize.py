@@ -1,0 +1,296 @@
+"""The shared optimization loop: objectives, regularizers, transforms, stopping, determinism, hook hygiene."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from viztools.hooks import has_hooks
+from viztools.models import VizModel
+from viztools.optimize import (
+    LOGITS,
+    ChannelMean,
+    ClassScore,
+    CustomObjective,
+    FeatureMatch,
+    Jitter,
+    L2Penalty,
+    LayerDream,
+    Objective,
+    TotalVariation,
+    blur_every,
+    compose,
+    forward_activations,
+    gaussian_blur,
+    optimize,
+    run,
+)
+
+
+def tiny_model() -> VizModel:
+    """conv(3->4, 3x3) -> ReLU -> global average pool -> linear(4->3); deterministic weights."""
+    generator = torch.Generator().manual_seed(0)
+    network = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return VizModel(
+        name="tiny",
+        network=network,
+        categories=["a", "b", "c"],
+        input_size=8,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        layers={"conv": "1", "pool": "2", "logits": "4"},
+    )
+
+
+def fixed_forward_model() -> VizModel:
+    """conv -> ReLU -> flatten -> linear(4*8*8 -> 2): the classifier only accepts 8x8 inputs."""
+    network = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+    return VizModel(name="fixed", network=network, categories=["x", "y"], input_size=8,
+                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), layers={"conv": "1"})
+
+
+def start_image(size: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# -- objectives ------------------------------------------------------------------------------------------------
+
+
+def test_objectives_known_values_on_given_activations():
+    activation = torch.tensor([[[[1.0, -2.0]], [[3.0, 4.0]]]])  # (1, 2, 1, 2)
+    logits = torch.tensor([[0.5, 2.0, -1.0]])
+    activations = {"layer": activation, LOGITS: logits}
+    assert ClassScore(1)(activations).item() == 2.0
+    assert ChannelMean("layer", 1)(activations).item() == 3.5
+    assert LayerDream("layer")(activations).item() == 0.5 * (1 + 4 + 9 + 16)
+    target = torch.zeros_like(activation)
+    target[0, 0, 0, 0] = 2.0  # ||F - T||^2 = 1 + 4 + 9 + 16 = 30, ||T||^2 = 4
+    assert FeatureMatch("layer", target)(activations).item() == pytest.approx(-30 / 4)
+    assert FeatureMatch("layer", activation)(activations).item() == 0.0
+
+
+def test_objectives_add_scale_and_report_named_terms():
+    activations = {"layer": torch.ones(1, 2, 2, 2), LOGITS: torch.tensor([[1.0, 3.0]])}
+    combined = 0.8 * ClassScore(1) + 0.2 * LayerDream("layer") - ChannelMean("layer", 0)
+    terms = combined.terms(activations)
+    assert terms == {
+        "class 1 score": pytest.approx(0.8 * 3.0),
+        "dream layer": pytest.approx(0.2 * 4.0),
+        "layer channel 0": pytest.approx(-1.0),
+    }
+    assert combined(activations).item() == pytest.approx(2.4 + 0.8 - 1.0)
+    assert set(combined.layers) == {LOGITS, "layer"}
+    assert sum([ClassScore(0), ClassScore(0)]).terms(activations).keys() == {"class 0 score", "class 0 score #2"}
+    assert (-ClassScore(1))(activations).item() == -3.0
+
+
+def test_subclassing_objective_only_needs_value():
+    class MaxLogit(Objective):
+        def __init__(self) -> None:
+            super().__init__("max logit", [LOGITS])
+
+        def value(self, activations):
+            return activations[LOGITS].max()
+
+    assert (2 * MaxLogit())({LOGITS: torch.tensor([[1.0, 5.0]])}).item() == 10.0
+
+
+def test_layer_dream_gradient_equals_activation():
+    activation = torch.randn(1, 3, 4, 4, requires_grad=True)
+    LayerDream("x")({"x": activation}).backward()
+    torch.testing.assert_close(activation.grad, activation.detach())
+
+
+# -- regularizers and transforms -------------------------------------------------------------------------------
+
+
+def test_regularizers_known_values():
+    pixels = torch.zeros(1, 3, 2, 2)
+    pixels[0, :, 0, 0] = 1.0
+    # one bright corner pixel: L2 = 3; with center 0.5 and scale 0.5 every entry is +-1 -> 12
+    assert L2Penalty(1.0)(pixels).item() == 3.0
+    assert L2Penalty(2.0, center=0.5, scale=0.5)(pixels).item() == 2 * 12.0
+    # only the top-left 1x1 window of differences: dx = -1, dy = -1 per channel -> (1 + 1) * 3
+    assert TotalVariation(1.0)(pixels).item() == pytest.approx(6.0)
+    assert TotalVariation(1.0, beta=1.0)(pixels).item() == pytest.approx(3 * math.sqrt(2), rel=1e-4)
+    assert TotalVariation(1.0)(torch.full((1, 3, 5, 5), 0.3)).item() == 0.0
+
+
+def test_jitter_rolls_within_range_and_is_seeded():
+    image = torch.arange(3 * 6 * 6, dtype=torch.float32).view(1, 3, 6, 6)
+    rolled = [Jitter(2, seed=7)(image) for _ in range(2)]
+    torch.testing.assert_close(rolled[0], rolled[1])
+    shifts_seen = set()
+    jitter = Jitter(2, seed=1)
+    for _ in range(50):
+        out = jitter(image)
+        match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(out, torch.roll(image, (dy, dx), dims=(-2, -1)))]
+        assert len(match) == 1
+        shifts_seen.add(match[0])
+    assert len(shifts_seen) > 10
+    assert torch.equal(Jitter(0)(image), image)
+
+
+def test_gaussian_blur_preserves_constants_and_mean_and_smooths():
+    constant = torch.full((1, 3, 9, 9), 0.4)
+    torch.testing.assert_close(gaussian_blur(constant, 1.0), constant)
+    noise = start_image(16)
+    blurred = gaussian_blur(noise, 1.0)
+    assert blurred.shape == noise.shape
+    assert TotalVariation(1.0)(blurred) < 0.3 * TotalVariation(1.0)(noise)
+    blur = blur_every(3, 1.0)
+    assert torch.equal(blur(noise, 2), noise)
+    torch.testing.assert_close(blur(noise, 3), blurred)
+
+
+# -- the loop --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer, lr", [("adam", 0.05), ("sgd", 20.0), ("lbfgs", 0.5)])
+def test_each_optimizer_raises_the_objective(optimizer, lr):
+    model = tiny_model()
+    image = start_image()
+    result = run(model, image, ClassScore(0), steps=15, optimizer=optimizer, lr=lr, seed=0)
+    before, after = model(image)[0, 0].item(), model(result.image)[0, 0].item()
+    assert after > before + 1.5  # 1.46 -> about 3.9, where pixels saturate at 0 or 1
+    assert result.steps == 15 and result.stop_reason == "steps"
+    assert result.image.min() >= 0.0 and result.image.max() <= 1.0
+
+
+def test_lbfgs_closure_calls_are_counted():
+    model = tiny_model()
+    result = run(model, start_image(), ClassScore(0), steps=4, optimizer="lbfgs", lr=0.5,
+                 optimizer_options={"max_iter": 5}, seed=0)
+    # max_iter=5: one evaluation at the start of each step plus one per further iteration (no line search)
+    assert result.closure_calls == 4 * 5
+    history = run(model, start_image(), ClassScore(0), steps=4, optimizer="lbfgs", lr=0.5, seed=0)
+    assert history.closure_calls == 4
+
+
+def test_progress_records_sum_and_images_are_detached_clones():
+    model = tiny_model()
+    records = list(optimize(model, start_image(), ClassScore(1) + LayerDream("conv"), steps=6, every=2,
+                            regularizers=[L2Penalty(0.01), TotalVariation(0.1)], seed=0))
+    assert [r.step for r in records] == [2, 4, 6]
+    for record in records:
+        assert set(record.losses) == {"class 1 score", "dream conv", "L2", "total variation"}
+        assert sum(record.losses.values()) == pytest.approx(record.loss, rel=1e-5)
+        assert not record.image.requires_grad
+    assert not torch.equal(records[0].image, records[-1].image)
+
+
+def test_same_seed_same_images_different_seed_differs():
+    model = tiny_model()
+
+    def once(seed: int) -> torch.Tensor:
+        return run(model, start_image(), LayerDream("conv"), steps=5, lr=0.05, transforms=[Jitter(2)],
+                   after_step=[blur_every(2)], seed=seed).last_image
+
+    assert torch.equal(once(3), once(3))
+    assert not torch.equal(once(3), once(4))
+
+
+def test_stop_should_stop_and_time_budget():
+    model = tiny_model()
+    optimization = optimize(model, start_image(), ClassScore(0), steps=50, seed=0)
+    for progress in optimization:
+        if progress.step == 3:
+            optimization.stop()
+    result = optimization.result()
+    assert result.steps == 3 and result.stop_reason == "stopped"
+
+    result = run(model, start_image(), ClassScore(0), steps=50, should_stop=lambda p: p.step >= 4, seed=0)
+    assert result.steps == 4 and result.stop_reason == "stopped"
+
+    result = run(model, start_image(), ClassScore(0), steps=10**6, time_budget=0.05, seed=0)
+    assert result.stop_reason == "time" and 0 < result.steps < 10**6
+
+
+def test_keyboard_interrupt_returns_best_image_and_removes_hooks():
+    model = tiny_model()
+
+    def interrupt(progress) -> bool:
+        if progress.step == 3:
+            raise KeyboardInterrupt
+        return False
+
+    result = run(model, start_image(), ClassScore(0), steps=20, should_stop=interrupt, seed=0)
+    assert result.stop_reason == "interrupted" and result.steps == 3
+    assert not has_hooks(model.network)
+    # the best image is one the loop evaluated: the best loss belongs to it
+    assert -model(result.image)[0, 0].item() == pytest.approx(result.loss, rel=1e-5)
+
+
+def test_best_image_is_lowest_loss_seen():
+    model = tiny_model()
+    result = run(model, start_image(), ClassScore(0), steps=8, lr=0.05, seed=0)
+    assert result.loss == pytest.approx(min(h["total"] for h in [*result.history, {"total": result.loss}]))
+    assert -model(result.image)[0, 0].item() == pytest.approx(result.loss, rel=1e-5)
+
+
+def test_forward_stops_after_needed_layers_so_any_size_works():
+    model = fixed_forward_model()
+    with pytest.raises(RuntimeError):
+        model(start_image(12))  # the classifier needs 8x8
+    activations = forward_activations(model, start_image(12), ["conv"])
+    assert activations["conv"].shape == (1, 4, 12, 12) and LOGITS not in activations
+    result = run(model, start_image(12), LayerDream("conv"), steps=2, seed=0)
+    assert result.image.shape == (1, 3, 12, 12)
+    assert not has_hooks(model.network)
+
+
+def test_model_unchanged_and_no_hooks_after_run_and_after_error():
+    model = tiny_model()
+    image = start_image().requires_grad_(True)
+    model(image)[0, 1].backward()
+    reference = image.grad.clone()
+    run(model, start_image(), ClassScore(1) + LayerDream("conv"), steps=3, transforms=[compose([Jitter(1)])], seed=0)
+
+    def broken(activations):
+        raise RuntimeError("objective failed")
+
+    with pytest.raises(RuntimeError, match="objective failed"):
+        run(model, start_image(), CustomObjective("broken", ["conv"], broken), steps=3)
+    assert not has_hooks(model.network)
+    assert all(not p.requires_grad for p in model.network.parameters())
+    assert not model.network.training
+    image.grad = None
+    model(image)[0, 1].backward()
+    torch.testing.assert_close(image.grad, reference)
+
+
+def test_bad_arguments_raise_helpful_errors():
+    model = tiny_model()
+    image = start_image()
+    with pytest.raises(ValueError, match=r"Unknown layer 'conw'.*Did you mean 'conv'"):
+        run(model, image, LayerDream("conw"), steps=1)
+    with pytest.raises(ValueError, match="steps must be"):
+        run(model, image, ClassScore(0), steps=-1)
+    with pytest.raises(ValueError, match="lr must be"):
+        run(model, image, ClassScore(0), lr=0)
+    with pytest.raises(ValueError, match=r"Unknown optimizer 'adan'.*Did you mean 'adam'"):
+        run(model, image, ClassScore(0), optimizer="adan")
+    with pytest.raises(ValueError, match="weight must be"):
+        L2Penalty(-1.0)
+    with pytest.raises(ValueError, match="shape \\(1, 3, H, W\\)"):
+        run(model, torch.rand(1, 8, 8), ClassScore(0))
+    with pytest.raises(TypeError, match="objective must be"):
+        run(model, image, lambda a: a, steps=1)
+    with pytest.raises(ValueError, match="below the number of classes"):
+        run(model, image, ClassScore(7), steps=1)
+    with pytest.raises(ValueError, match="L-BFGS"):
+        run(model, image, ClassScore(0), optimizer="lbfgs", normalize_gradient="l2")
+    assert not has_hooks(model.network)

@@ -1,0 +1,821 @@
+"""The one optimization loop behind class visualization, feature inversion, DeepDream, neural style and fooling.
+
+Image optimization in three pieces, after Lucid's ``optvis`` (objectives.py, render.py) and lucent's
+``transform.py``:
+
+* **Objectives** are small composable objects that are *maximized*: :class:`ClassScore`, :class:`ChannelMean`,
+  :class:`LayerDream`, :class:`FeatureMatch` (and, in ``viztools.style``, a Gram match built on :class:`Objective`).
+  They add and scale (``0.8 * a + 0.2 * b``, ``a - b``) and report named terms, so a widget can plot each one.
+* **Regularizers** are penalties on the pixels, *minimized* with a non-negative weight: :class:`L2Penalty`,
+  :class:`TotalVariation`.
+* **Transforms** (``Tensor -> Tensor``, differentiable) change the image the network sees at each step, e.g.
+  :class:`Jitter` (a random roll); **after-step operations** ``(pixels, step) -> pixels`` change the optimized
+  pixels between steps, e.g. :func:`blur_every`. Pixels are clamped to [0, 1] after every step (``clamp=True``):
+  a projection outside the optimizer's closure, since clamping inside an L-BFGS closure makes it diverge
+  (pytorch/tutorials #143).
+
+The sign convention lives in one place: the optimizer minimizes ``loss = -objective + sum(regularizers)``.
+:func:`optimize` yields :class:`Progress` records and never displays anything; :func:`run` drains it and returns
+an :class:`OptimizationResult` holding the best image. A KeyboardInterrupt (Ctrl-C, the notebook's stop button)
+inside :func:`run` returns the best image so far, as Lucid's ``render_vis`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from viztools._validation import check_choice, check_float, check_image, check_int
+from viztools.hooks import attach, capture_activations
+from viztools.models import VizModel
+
+#: The key under which objectives find the model's output (logits) in the activations they receive.
+LOGITS = "<logits>"
+
+Activations = Mapping[str, torch.Tensor]
+
+# --------------------------------------------------------------------------------------------------------------
+# Objectives (maximized)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Objective:
+    """A scalar to maximize, computed from the activations of named layers.
+
+    Subclasses call ``super().__init__(name, layers)`` and implement :meth:`value`. ``layers`` are
+    ``model.layers`` keys or dotted module paths; :data:`LOGITS` stands for the model's output. The loop runs one
+    forward pass per step that records every layer needed (and stops early when the logits are not needed).
+    """
+
+    def __init__(self, name: str, layers: Sequence[str]) -> None:
+        if isinstance(layers, str):
+            layers = [layers]
+        self.name = name
+        self.layers: tuple[str, ...] = tuple(dict.fromkeys(layers))
+
+    def value(self, activations: Activations) -> torch.Tensor:
+        """The objective's scalar value (to maximize) from ``{layer: activation}``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement value(activations).")
+
+    def terms(self, activations: Activations) -> dict[str, torch.Tensor]:
+        """Named scalar terms whose sum is the objective (one term for a simple objective)."""
+        return {self.name: self.value(activations)}
+
+    def __call__(self, activations: Activations) -> torch.Tensor:
+        return sum(self.terms(activations).values())
+
+    def __add__(self, other: Objective) -> Objective:
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return SumObjective([self, other])
+
+    def __radd__(self, other: object) -> Objective:
+        if isinstance(other, (int, float)) and other == 0:  # sum([a, b, c]) starts from 0
+            return self
+        return NotImplemented
+
+    def __sub__(self, other: Objective) -> Objective:
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return SumObjective([self, ScaledObjective(other, -1.0)])
+
+    def __mul__(self, factor: float) -> Objective:
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            return NotImplemented
+        return ScaledObjective(self, float(factor))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Objective:
+        return ScaledObjective(self, -1.0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class SumObjective(Objective):
+    """The sum of objectives; reports each part's terms (a repeated name gets a ``#2`` suffix)."""
+
+    def __init__(self, parts: Sequence[Objective]) -> None:
+        flat: list[Objective] = []
+        for part in parts:
+            flat.extend(part.parts if isinstance(part, SumObjective) else [part])
+        self.parts = flat
+        super().__init__(" + ".join(p.name for p in flat), [layer for p in flat for layer in p.layers])
+
+    def terms(self, activations: Activations) -> dict[str, torch.Tensor]:
+        merged: dict[str, torch.Tensor] = {}
+        for part in self.parts:
+            for name, term in part.terms(activations).items():
+                merged[_unique_name(name, merged)] = term
+        return merged
+
+
+class ScaledObjective(Objective):
+    """An objective times a constant weight; its terms keep their names and are scaled."""
+
+    def __init__(self, base: Objective, weight: float) -> None:
+        if isinstance(base, ScaledObjective):
+            base, weight = base.base, base.weight * weight
+        self.base, self.weight = base, weight
+        super().__init__(base.name, base.layers)
+
+    def terms(self, activations: Activations) -> dict[str, torch.Tensor]:
+        return {name: self.weight * term for name, term in self.base.terms(activations).items()}
+
+    def __repr__(self) -> str:
+        return f"{self.weight:g} * {self.base!r}"
+
+
+class CustomObjective(Objective):
+    """Any function of the activations, e.g. ``CustomObjective("log p", [LOGITS], lambda a: ...)``."""
+
+    def __init__(self, name: str, layers: Sequence[str], function: Callable[[Activations], torch.Tensor]) -> None:
+        super().__init__(name, layers)
+        self.function = function
+
+    def value(self, activations: Activations) -> torch.Tensor:
+        return self.function(activations)
+
+
+class ClassScore(Objective):
+    """The unnormalized class score (logit) of class ``target`` (Simonyan et al. 2014), summed over the batch.
+
+    Maximizing the logit rather than the softmax probability avoids winning by lowering the other classes.
+    ``target`` must already be an index; use ``model.class_index(name)`` to resolve a class name.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = check_int(target, "target class index", low=0)
+        super().__init__(f"class {self.target} score", [LOGITS])
+
+    def value(self, activations: Activations) -> torch.Tensor:
+        logits = activations[LOGITS]
+        if self.target >= logits.shape[1]:
+            raise ValueError(
+                f"target class index must be below the number of classes ({logits.shape[1]}); got {self.target}."
+            )
+        return logits[:, self.target].sum()
+
+
+class ChannelMean(Objective):
+    """The mean activation of one channel (feature map) of a layer (Erhan et al. 2009; Lucid's ``channel``)."""
+
+    def __init__(self, layer: str, channel: int) -> None:
+        self.layer, self.channel = layer, check_int(channel, "channel", low=0)
+        super().__init__(f"{layer} channel {self.channel}", [layer])
+
+    def value(self, activations: Activations) -> torch.Tensor:
+        activation = activations[self.layer]
+        if self.channel >= activation.shape[1]:
+            raise ValueError(
+                f"channel must be below the number of channels of {self.layer!r} ({activation.shape[1]}); "
+                f"got {self.channel}."
+            )
+        return activation[:, self.channel].mean()
+
+
+class LayerDream(Objective):
+    """DeepDream's objective: half the sum of squared activations of a layer (Mordvintsev et al. 2015).
+
+    Its gradient with respect to the activations is the activations themselves ("amplify whatever the layer
+    already sees").
+    """
+
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+        super().__init__(f"dream {layer}", [layer])
+
+    def value(self, activations: Activations) -> torch.Tensor:
+        return 0.5 * activations[self.layer].pow(2).sum()
+
+
+class FeatureMatch(Objective):
+    """Negative normalized squared distance to target features, ``-||F(x) - F0||^2 / ||F0||^2``.
+
+    The objective of feature inversion (Mahendran & Vedaldi 2015) and of neural style's content term (Gatys et
+    al. 2016). Normalizing by ``||F0||^2`` makes weights comparable across layers; 0 is a perfect match.
+    """
+
+    def __init__(self, layer: str, target_features: torch.Tensor) -> None:
+        if not isinstance(target_features, torch.Tensor):
+            raise TypeError(
+                f"target_features must be a torch.Tensor (e.g. from viztools.get_activations); "
+                f"got {type(target_features).__name__}."
+            )
+        self.layer = layer
+        self.target_features = target_features.detach()
+        self._norm = self.target_features.pow(2).sum().clamp_min(1e-12)
+        super().__init__(f"feature match {layer}", [layer])
+
+    def value(self, activations: Activations) -> torch.Tensor:
+        features = activations[self.layer]
+        if features.shape != self.target_features.shape:
+            raise ValueError(
+                f"The features of {self.layer!r} have shape {tuple(features.shape)} but the target features have "
+                f"shape {tuple(self.target_features.shape)}; use an image of the same size as the target's."
+            )
+        return -(features - self.target_features).pow(2).sum() / self._norm
+
+
+def _unique_name(name: str, taken: Mapping[str, object]) -> str:
+    if name not in taken:
+        return name
+    index = 2
+    while f"{name} #{index}" in taken:
+        index += 1
+    return f"{name} #{index}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Regularizers (penalties on the pixels, minimized)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Regularizer:
+    """A weighted penalty on the optimized pixels; the loop adds ``weight * penalty(pixels)`` to the loss."""
+
+    def __init__(self, name: str, weight: float) -> None:
+        self.name = name
+        self.weight = check_float(weight, f"{name} weight", low=0.0)
+
+    def penalty(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The unweighted penalty (a non-negative scalar)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement penalty(pixels).")
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.weight * self.penalty(pixels)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weight={self.weight:g})"
+
+
+class L2Penalty(Regularizer):
+    """``weight * sum(((pixels - center) / scale)^2)``: keeps the image small (Simonyan et al. 2014).
+
+    With ``center=model.mean`` and ``scale=model.std`` this is the squared norm of the *normalized* image, as in
+    CS231n's class visualization; the defaults penalize raw pixels.
+    """
+
+    def __init__(
+        self,
+        weight: float,
+        *,
+        center: float | Sequence[float] = 0.0,
+        scale: float | Sequence[float] = 1.0,
+    ) -> None:
+        super().__init__("L2", weight)
+        self.center = _per_channel(center, "center")
+        self.scale = _per_channel(scale, "scale")
+        if (self.scale <= 0).any():
+            raise ValueError(f"scale must be positive; got {self.scale.flatten().tolist()}.")
+
+    def penalty(self, pixels: torch.Tensor) -> torch.Tensor:
+        return ((pixels - self.center.to(pixels)) / self.scale.to(pixels)).pow(2).sum()
+
+
+class TotalVariation(Regularizer):
+    """Total variation ``sum((dx^2 + dy^2)^(beta / 2))`` over neighbouring pixels (Mahendran & Vedaldi 2015).
+
+    ``beta=2`` is the sum of squared differences (smooth images); ``beta=1`` the classic TV norm (sharp edges).
+    """
+
+    def __init__(self, weight: float, *, beta: float = 2.0) -> None:
+        super().__init__("total variation", weight)
+        self.beta = check_float(beta, "beta", low=0.0, low_inclusive=False)
+
+    def penalty(self, pixels: torch.Tensor) -> torch.Tensor:
+        dx = pixels[..., :-1, 1:] - pixels[..., :-1, :-1]
+        dy = pixels[..., 1:, :-1] - pixels[..., :-1, :-1]
+        squared = dx.pow(2) + dy.pow(2)
+        if self.beta == 2.0:
+            return squared.sum()
+        return (squared + 1e-8).pow(self.beta / 2).sum()
+
+
+def _per_channel(value: float | Sequence[float], name: str) -> torch.Tensor:
+    values = [value] * 3 if isinstance(value, (int, float)) else list(value)
+    if len(values) != 3:
+        raise ValueError(f"{name} must be a number or 3 per-channel numbers (R, G, B); got {value!r}.")
+    return torch.tensor([float(v) for v in values], dtype=torch.float32).view(1, 3, 1, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Transforms (before the forward pass) and after-step operations
+# --------------------------------------------------------------------------------------------------------------
+
+#: A differentiable ``Tensor -> Tensor`` map applied to the pixels before each forward pass.
+Transform = Callable[[torch.Tensor], torch.Tensor]
+#: ``(pixels, step) -> pixels``, applied without gradients to the optimized pixels after step ``step`` (1-based).
+AfterStep = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class RandomTransform:
+    """A transform that draws random numbers from a ``torch.Generator``.
+
+    Inside :func:`optimize` it draws from the loop's generator (seeded by ``seed``), with the same draw for every
+    closure call of one step (L-BFGS evaluates several times per step). Called on its own it uses a generator of
+    its own, seeded by ``seed``.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._own_generator = _make_generator(seed)
+
+    def __call__(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(pixels, generator or self._own_generator)
+
+    def apply(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The transformed pixels, drawing randomness from ``generator``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement apply(pixels, generator).")
+
+
+class Jitter(RandomTransform):
+    """Roll the image by a random offset in ``[-max_shift, max_shift]`` pixels along each axis.
+
+    Jitter (CS231n; Mordvintsev et al. 2015) stops the image from exploiting one pixel alignment, which removes
+    high-frequency noise. Rolling wraps around, so the gradient is exactly "unrolled" by autograd.
+    """
+
+    def __init__(self, max_shift: int, *, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.max_shift = check_int(max_shift, "max_shift", low=0)
+
+    def apply(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.max_shift == 0:
+            return pixels
+        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=generator)
+        return torch.roll(pixels, shifts=(int(shifts[0]), int(shifts[1])), dims=(-2, -1))
+
+    def __repr__(self) -> str:
+        return f"Jitter({self.max_shift})"
+
+
+class Compose:
+    """Apply transforms in order (random ones draw from the generator the loop passes)."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        for transform in self.transforms:
+            pixels = _apply_transform(transform, pixels, generator)
+        return pixels
+
+
+def compose(transforms: Sequence[Transform]) -> Compose:
+    """One transform that applies ``transforms`` in order (lucent's ``compose``)."""
+    return Compose(transforms)
+
+
+def _apply_transform(transform: Transform, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    if isinstance(transform, (RandomTransform, Compose)):
+        return transform(pixels, generator)
+    return transform(pixels)
+
+
+def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur each channel with a Gaussian of standard deviation ``sigma`` pixels (separable, reflected borders)."""
+    sigma = check_float(sigma, "sigma", low=0.0)
+    if sigma == 0:
+        return pixels
+    height, width = pixels.shape[-2:]
+    radius = min(math.ceil(4 * sigma), height - 1, width - 1)
+    if radius < 1:
+        return pixels
+    offsets = torch.arange(-radius, radius + 1, dtype=pixels.dtype, device=pixels.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = pixels.shape[1]
+    padded = F.pad(pixels, (radius, radius, radius, radius), mode="reflect")
+    rows = F.conv2d(padded, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(rows, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def blur_every(every: int, sigma: float = 0.5) -> AfterStep:
+    """An after-step operation: Gaussian-blur the pixels after every ``every``-th step (Yosinski et al. 2015)."""
+    every = check_int(every, "blur every", low=1)
+    sigma = check_float(sigma, "sigma", low=0.0)
+
+    def blur(pixels: torch.Tensor, step: int) -> torch.Tensor:
+        return gaussian_blur(pixels, sigma) if step % every == 0 else pixels
+
+    blur.__name__ = blur.__qualname__ = f"blur_every({every}, sigma={sigma:g})"
+    return blur
+
+
+def _make_generator(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(check_int(seed, "seed", low=0))
+    return generator
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Progress records and results
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of an optimization, as :func:`optimize` yields it.
+
+    Attributes:
+        step: optimizer steps done so far (1-based).
+        loss: the total loss evaluated at this step (before the update), ``-objective + penalties``.
+        losses: the named parts of ``loss``; objective terms enter negated, penalties weighted; they sum to
+            ``loss``. Lower is better for every entry.
+        image: the pixels after this step (a detached clone, safe to keep).
+        closure_calls: forward+backward evaluations so far (L-BFGS makes several per step).
+        elapsed: seconds since the loop started.
+    """
+
+    step: int
+    loss: float
+    losses: dict[str, float]
+    image: torch.Tensor
+    closure_calls: int
+    elapsed: float
+
+
+@dataclass
+class OptimizationResult:
+    """What :func:`run` (or :meth:`Optimization.result`) returns.
+
+    Attributes:
+        image: the best image seen (lowest total loss among every evaluated image, including the final one).
+        loss: its total loss; ``best_step`` the number of steps after which it was taken (0 = the start).
+        last_image: the pixels after the last step.
+        steps: optimizer steps done; ``closure_calls`` forward+backward evaluations done.
+        stop_reason: ``"steps"``, ``"time"``, ``"stopped"`` (``stop()`` or ``should_stop``), ``"interrupted"``.
+        history: every step's ``losses`` plus their ``"total"``, for plotting.
+        elapsed: seconds spent.
+    """
+
+    image: torch.Tensor
+    loss: float
+    best_step: int
+    last_image: torch.Tensor
+    steps: int
+    closure_calls: int
+    stop_reason: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+class _ForwardCompleteSignal(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by a forward hook once every layer an objective needs is recorded."""
+
+
+OPTIMIZERS = ("adam", "sgd", "lbfgs")
+GRADIENT_NORMALIZATIONS = ("l2", "rms", "mean_abs")
+OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+
+class Optimization(Iterator[Progress]):
+    """The running loop returned by :func:`optimize`: iterate it for :class:`Progress`, or call :meth:`result`.
+
+    ``stop()`` asks it to finish after the current step; ``best_image`` is always available. Hooks exist only
+    while a step runs, so abandoning the iterator never leaves the model hooked.
+    """
+
+    def __init__(
+        self,
+        model: VizModel,
+        image: torch.Tensor,
+        objective: Objective,
+        *,
+        steps: int,
+        optimizer: str | OptimizerFactory,
+        lr: float,
+        transforms: Sequence[Transform],
+        regularizers: Sequence[Regularizer],
+        after_step: Sequence[AfterStep],
+        clamp: bool,
+        normalize_gradient: str | None,
+        optimizer_options: Mapping[str, object] | None,
+        every: int,
+        time_budget: float | None,
+        should_stop: Callable[[Progress], bool] | None,
+        seed: int | None,
+    ) -> None:
+        if not isinstance(model, VizModel):
+            raise TypeError(f"model must be a VizModel from viztools.load_model(...); got {type(model).__name__}.")
+        if not isinstance(objective, Objective):
+            raise TypeError(
+                f"objective must be a viztools.optimize.Objective (e.g. ClassScore(3), LayerDream('conv3')); "
+                f"got {type(objective).__name__}."
+            )
+        image = check_image(image, "image", batch=True)
+        for layer in objective.layers:
+            if layer != LOGITS:
+                model.layer_path(layer)  # raises a helpful ValueError for unknown layers
+        for regularizer in regularizers:
+            if not isinstance(regularizer, Regularizer):
+                raise TypeError(
+                    f"regularizers must be Regularizer objects (L2Penalty, TotalVariation); got {regularizer!r}."
+                )
+        self.model, self.objective = model, objective
+        self.steps = check_int(steps, "steps", low=0)
+        self.lr = check_float(lr, "lr", low=0.0, low_inclusive=False)
+        self.every = check_int(every, "every", low=1)
+        self.time_budget = None if time_budget is None else check_float(
+            time_budget, "time_budget (seconds)", low=0.0, low_inclusive=False
+        )
+        if normalize_gradient is not None:
+            check_choice(normalize_gradient, "normalize_gradient", GRADIENT_NORMALIZATIONS)
+        if normalize_gradient is not None and optimizer == "lbfgs":
+            raise ValueError("normalize_gradient does not combine with L-BFGS (it needs true gradients); use None.")
+        self.normalize_gradient = normalize_gradient
+        self.transforms = list(transforms)
+        self.regularizers = list(regularizers)
+        self.after_step = list(after_step)
+        self.clamp = bool(clamp)
+        self.should_stop = should_stop
+        self.generator = _make_generator(seed)
+
+        self.pixels = image.detach().clone().requires_grad_(True)
+        self.optimizer = _make_optimizer(optimizer, self.pixels, self.lr, optimizer_options)
+
+        self.step = 0
+        self.closure_calls = 0
+        self.history: list[dict[str, float]] = []
+        self.best_loss = math.inf
+        self.best_step = 0
+        self.best_image = self.pixels.detach().clone()
+        self.stop_reason: str | None = None
+        self._stop_requested = False
+        self._started: float | None = None
+        self._elapsed = 0.0
+
+    # -- control ---------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish after the current step (the result keeps the best image so far)."""
+        self._stop_requested = True
+
+    @property
+    def finished(self) -> bool:
+        return self.stop_reason is not None
+
+    @property
+    def image(self) -> torch.Tensor:
+        """The current pixels (a detached clone)."""
+        return self.pixels.detach().clone()
+
+    def __iter__(self) -> Optimization:
+        return self
+
+    def __next__(self) -> Progress:
+        if self.finished:
+            raise StopIteration
+        if self._started is None:
+            self._started = time.perf_counter()
+        try:
+            while True:
+                reason = self._budget_reason()
+                if reason is not None:
+                    self._finish(reason)
+                    raise StopIteration
+                losses = self._take_step()
+                progress = None
+                if self.step % self.every == 0 or self.step == self.steps:
+                    progress = self._progress(losses)
+                if self.should_stop is not None and self.should_stop(progress or self._progress(losses)):
+                    self._stop_requested = True
+                if progress is not None:
+                    return progress
+        except KeyboardInterrupt:
+            self.stop_reason = "interrupted"
+            self._elapsed = time.perf_counter() - self._started
+            raise
+
+    def result(self) -> OptimizationResult:
+        """Run the remaining steps and return the result; Ctrl-C returns the best image so far."""
+        try:
+            for _ in self:
+                pass
+        except KeyboardInterrupt:
+            self.stop_reason = "interrupted"
+        return OptimizationResult(
+            image=self.best_image.clone(),
+            loss=self.best_loss,
+            best_step=self.best_step,
+            last_image=self.image,
+            steps=self.step,
+            closure_calls=self.closure_calls,
+            stop_reason=self.stop_reason or "stopped",
+            history=list(self.history),
+            elapsed=self._elapsed,
+        )
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _budget_reason(self) -> str | None:
+        if self.step >= self.steps:
+            return "steps"
+        if self._stop_requested:
+            return "stopped"
+        if self.time_budget is not None and time.perf_counter() - self._started >= self.time_budget:
+            return "time"
+        return None
+
+    def _finish(self, reason: str) -> None:
+        """Evaluate the final pixels once (they may be the best) and record why the loop stopped."""
+        with torch.no_grad():
+            loss, _ = self._evaluate(self.pixels)
+        self._consider_best(float(loss), self.step)
+        self.stop_reason = reason
+        self._elapsed = time.perf_counter() - self._started
+
+    def _take_step(self) -> dict[str, float]:
+        step_generator_state = self.generator.get_state()
+        first: dict[str, float] = {}
+
+        def closure() -> torch.Tensor:
+            self.generator.set_state(step_generator_state)  # one random draw per step, however many calls
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, parts = self._evaluate(self.pixels)
+            loss.backward()
+            self.closure_calls += 1
+            if not first:
+                first.update(parts)
+                self._consider_best(parts["total"], self.step)
+            if self.normalize_gradient is not None:
+                self.pixels.grad = _normalized(self.pixels.grad, self.normalize_gradient)
+            return loss
+
+        self.optimizer.step(closure)
+        self.step += 1
+        with torch.no_grad():
+            updated = self.pixels.detach()
+            for operation in self.after_step:
+                updated = operation(updated, self.step)
+            if self.clamp:
+                updated = updated.clamp(0.0, 1.0)
+            self.pixels.copy_(updated)
+        self.history.append(first)
+        return first
+
+    def _consider_best(self, loss: float, step: int) -> None:
+        if loss < self.best_loss or not math.isfinite(self.best_loss):
+            self.best_loss, self.best_step = loss, step
+            self.best_image = self.pixels.detach().clone()
+
+    def _evaluate(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(total loss, named parts)`` for the pixels: one forward pass through the transforms and the model."""
+        seen = pixels
+        for transform in self.transforms:
+            seen = _apply_transform(transform, seen, self.generator)
+        activations = forward_activations(self.model, seen, self.objective.layers)
+        loss_terms = {name: -term for name, term in self.objective.terms(activations).items()}
+        for regularizer in self.regularizers:
+            loss_terms[_unique_name(regularizer.name, loss_terms)] = regularizer(pixels)
+        total = sum(loss_terms.values())
+        parts = {name: float(term.detach()) for name, term in loss_terms.items()}
+        parts["total"] = float(total.detach())
+        return total, parts
+
+    def _progress(self, losses: dict[str, float]) -> Progress:
+        return Progress(
+            step=self.step,
+            loss=losses["total"],
+            losses={k: v for k, v in losses.items() if k != "total"},
+            image=self.image,
+            closure_calls=self.closure_calls,
+            elapsed=time.perf_counter() - self._started,
+        )
+
+
+def forward_activations(model: VizModel, pixels: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``{layer: activation}`` (attached to the graph) for ``layers``; :data:`LOGITS` gives the model output.
+
+    Without :data:`LOGITS` the forward pass stops once every requested layer has fired, so networks whose
+    classifier needs a fixed input size still work at any size (and it is faster).
+    """
+    named = [layer for layer in layers if layer != LOGITS]
+    with capture_activations(model, named, detach=False) as recorded, ExitStack() as stack:
+        if LOGITS not in layers and named:
+
+            def stop_when_complete(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+                if all(layer in recorded for layer in named):
+                    raise _ForwardCompleteSignal
+
+            for layer in dict.fromkeys(model.layer(layer) for layer in named):
+                stack.enter_context(attach(layer, forward=stop_when_complete))
+        try:
+            logits = model(pixels)
+        except _ForwardCompleteSignal:
+            logits = None
+        activations = dict(recorded)
+    if logits is not None:
+        activations[LOGITS] = logits
+    return activations
+
+
+def _normalized(gradient: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "l2":
+        scale = gradient.norm()
+    elif how == "rms":
+        scale = gradient.pow(2).mean().sqrt()
+    else:
+        scale = gradient.abs().mean()
+    return gradient / (scale + 1e-12)
+
+
+def _make_optimizer(
+    optimizer: str | OptimizerFactory,
+    pixels: torch.Tensor,
+    lr: float,
+    options: Mapping[str, object] | None,
+) -> torch.optim.Optimizer:
+    options = dict(options or {})
+    if callable(optimizer) and not isinstance(optimizer, str):
+        made = optimizer([pixels])
+        if not isinstance(made, torch.optim.Optimizer):
+            raise TypeError(f"optimizer factory must return a torch.optim.Optimizer; got {type(made).__name__}.")
+        return made
+    check_choice(optimizer, "optimizer", OPTIMIZERS)
+    try:
+        if optimizer == "adam":
+            return torch.optim.Adam([pixels], lr=lr, **options)
+        if optimizer == "sgd":
+            return torch.optim.SGD([pixels], lr=lr, **options)
+        return torch.optim.LBFGS([pixels], lr=lr, **{"max_iter": 1, **options})
+    except TypeError as error:
+        raise TypeError(f"Bad optimizer_options for {optimizer!r}: {error}.") from error
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------------------------
+
+
+def optimize(
+    model: VizModel,
+    image: torch.Tensor,
+    objective: Objective,
+    *,
+    steps: int = 100,
+    optimizer: str | OptimizerFactory = "adam",
+    lr: float = 0.05,
+    transforms: Sequence[Transform] = (),
+    regularizers: Sequence[Regularizer] = (),
+    after_step: Sequence[AfterStep] = (),
+    clamp: bool = True,
+    normalize_gradient: str | None = None,
+    optimizer_options: Mapping[str, object] | None = None,
+    every: int = 1,
+    time_budget: float | None = None,
+    should_stop: Callable[[Progress], bool] | None = None,
+    seed: int | None = None,
+) -> Optimization:
+    """Optimize the pixels of ``image`` (a starting point, not modified) to maximize ``objective``.
+
+    The loop minimizes ``-objective(activations of transforms(pixels)) + sum(regularizers(pixels))`` with
+    ``optimizer`` (``"adam"``, ``"sgd"``, ``"lbfgs"``, or a factory ``params -> torch.optim.Optimizer``;
+    ``optimizer_options`` go to its constructor; L-BFGS defaults to ``max_iter=1``, so one step is one
+    iteration). ``normalize_gradient`` (``"l2"``, ``"rms"``, ``"mean_abs"``) rescales the gradient before each
+    step (CS231n / DeepDream style steps with SGD). After each step come ``after_step`` operations
+    ``(pixels, step) -> pixels`` (e.g. :func:`blur_every`) and, with ``clamp``, the projection into [0, 1].
+
+    Returns an :class:`Optimization`: iterate it for a :class:`Progress` every ``every`` steps (and after the
+    last), call ``.stop()`` to end it, or ``.result()`` for the :class:`OptimizationResult`. It stops after
+    ``steps`` steps, after ``time_budget`` seconds (wall time since the first step), when ``should_stop(progress)``
+    returns True, or on ``stop()``. ``seed`` seeds the random transforms: equal seeds give identical images.
+    """
+    return Optimization(
+        model,
+        image,
+        objective,
+        steps=steps,
+        optimizer=optimizer,
+        lr=lr,
+        transforms=transforms,
+        regularizers=regularizers,
+        after_step=after_step,
+        clamp=clamp,
+        normalize_gradient=normalize_gradient,
+        optimizer_options=optimizer_options,
+        every=every,
+        time_budget=time_budget,
+        should_stop=should_stop,
+        seed=seed,
+    )
+
+
+def run(
+    model: VizModel,
+    image: torch.Tensor,
+    objective: Objective,
+    **options: object,
+) -> OptimizationResult:
+    """:func:`optimize` run to the end; returns the best image (Ctrl-C returns the best image so far)."""
+    return optimize(model, image, objective, **options).result()
