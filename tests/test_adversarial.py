@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import math
+
+import matplotlib
 import pytest
 import torch
 from torch import nn
 
 import viztools
-from viztools.adversarial import fgsm, iterative_fgsm, magnified_difference
+from viztools.adversarial import (
+    FoolingRun,
+    classic_fooling_lr,
+    fgsm,
+    fooling_image,
+    fooling_run,
+    iterative_fgsm,
+    magnified_difference,
+    plot_fooling,
+    unrecognizable_image,
+)
 from viztools.hooks import has_hooks
 from viztools.models import VizModel
+from viztools.optimize import Progress
+
+matplotlib.use("Agg")
 
 SIZE = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def linear_model(weight: torch.Tensor) -> VizModel:
@@ -29,6 +54,7 @@ def linear_model(weight: torch.Tensor) -> VizModel:
 def linear() -> tuple[VizModel, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     weight = torch.randn(1, 3, SIZE, SIZE, generator=generator)
+    weight -= weight.mean()  # mid-grey lies on the decision boundary
     weight[weight.abs() < 1e-3] = 0.5  # no zero entries: sign(w) is +-1 everywhere
     return linear_model(weight), weight
 
@@ -114,6 +140,104 @@ def test_magnified_difference_is_centered_grey():
     assert torch.equal(shown[0, 2], torch.full((SIZE, SIZE), 0.5))
 
 
+def test_iterative_fgsm_with_one_full_step_equals_fgsm():
+    model = viztools.load_model("glyphnet", weights="random")
+    image = viztools.make_glyphworld(1, seed=5)[0]
+    for label, targeted in [(None, False), ("star", True)]:
+        single = fgsm(model, image, label, epsilon=0.02, targeted=targeted)
+        iterated = iterative_fgsm(model, image, label, epsilon=0.02, step_size=0.02, steps=1, targeted=targeted)
+        torch.testing.assert_close(iterated.adversarial, single.adversarial, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fooling images
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_fooling_on_linear_model_takes_the_predicted_number_of_steps(linear):
+    model, weight = linear
+    image = (grey() - 0.02 * weight.sign()).clamp(0, 1)
+    margin = -float((weight * image).sum())  # how far "one"'s score is below "zero"'s (which is 0)
+    lr = 0.05
+    result = fooling_image(model, image, "one", lr=lr)
+    # Each step adds lr * w / ||w||, raising the score by lr * ||w||: it crosses 0 after ceil(margin / ...) steps.
+    expected_steps = math.ceil(margin / (lr * float(weight.norm())))
+    assert result.steps == expected_steps and result.success
+    assert result.prediction_name == "one" and result.original_name == "zero"
+    torch.testing.assert_close(result.perturbation, expected_steps * lr * weight / weight.norm())
+    assert result.l2 == pytest.approx(expected_steps * lr, rel=1e-4)
+
+
+def test_unrecognizable_image_on_linear_model_reaches_the_confidence(linear):
+    model, weight = linear
+    # From grey (p = 0.5) each step raises w . x by lr * ||w||; p("one") >= 0.99 needs w . x >= log(99).
+    result = unrecognizable_image(model, "one", start="grey", confidence=0.99, lr=0.05)
+    assert result.steps == math.ceil(math.log(99) / (0.05 * float(weight.norm())))
+    assert result.success and result.prediction_name == "one" and result.probability >= 0.99
+    assert torch.equal(result.original, grey())
+    noisy = unrecognizable_image(model, 1, confidence=0.999, seed=3)
+    assert noisy.success and noisy.probability >= 0.999
+    assert not torch.equal(noisy.original, result.original)
+
+
+def cs231n_fooling(model: VizModel, image: torch.Tensor, target: int, lr: float, max_steps: int):
+    """The CS231n exercise's loop, written plainly (in pixel units, with clipping): the reference."""
+    fooled, images = image.clone(), []
+    for _ in range(max_steps):
+        pixels = fooled.clone().requires_grad_(True)
+        scores = model(pixels)
+        if int(scores.argmax()) == target:
+            break
+        scores[0, target].backward()
+        fooled = (fooled + lr * pixels.grad / pixels.grad.norm()).clamp(0, 1)
+        images.append(fooled)
+    return fooled, images
+
+
+def test_fooling_run_matches_the_plain_cs231n_loop():
+    model = viztools.load_model("glyphnet", weights="random")
+    image = viztools.make_glyphworld(1, seed=2)[0]
+    target = int(model.predict(image)[0].argmin())  # the least likely class: several steps
+    expected, expected_images = cs231n_fooling(model, image, target, lr=0.5, max_steps=60)
+    run = fooling_run(model, image, target, lr=0.5, max_steps=60)
+    assert isinstance(run, FoolingRun)
+    progress = list(run)
+    assert all(isinstance(p, Progress) for p in progress)
+    assert [p.step for p in progress] == list(range(1, len(expected_images) + 1))
+    assert list(progress[0].losses) == [f"class {target} score"]
+    for record, reference in zip(progress, expected_images, strict=True):
+        torch.testing.assert_close(record.image, reference, rtol=0, atol=1e-5)
+    result = run.result()
+    assert 2 <= result.steps == len(expected_images) < 60 and result.success
+    torch.testing.assert_close(result.adversarial, expected, rtol=0, atol=1e-5)
+
+
+def test_fooling_budget_stop_and_trivial_target(linear):
+    model, weight = linear
+    image = (grey() - 0.2 * weight.sign()).clamp(0, 1)
+    short = fooling_image(model, image, "one", lr=0.01, max_steps=3)
+    assert short.steps == 3 and not short.success and short.prediction_name == "zero"
+    assert short.l2 == pytest.approx(0.03, rel=1e-4)
+    already = fooling_image(model, image, "zero")
+    assert already.steps == 0 and already.success and torch.equal(already.adversarial, image)
+    run = fooling_run(model, image, "one", lr=0.01, max_steps=50)
+    next(run)
+    run.stop()
+    assert run.result().steps == 1
+
+
+def test_classic_fooling_lr_is_one_normalized_unit():
+    glyphnet = viztools.load_model("glyphnet", weights="random")
+    assert classic_fooling_lr(glyphnet) == pytest.approx(0.25)
+    image = viztools.make_glyphworld(1, seed=2)[0]
+    target = int(glyphnet.predict(image)[0].argmin())
+    one_step = fooling_image(glyphnet, image, target, max_steps=1)
+    # one step of length 1 in normalized units: ||normalize(x') - normalize(x)|| = 1 (before clipping, which
+    # can only shorten it)
+    moved = (glyphnet.normalize(one_step.adversarial) - glyphnet.normalize(image)).norm()
+    assert 0.9 < float(moved) <= 1.0 + 1e-5
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------------------------------
@@ -139,6 +263,18 @@ def test_bad_arguments_raise_helpful_errors(linear):
         iterative_fgsm(model, grey(), epsilon=0.1, steps=0)
     with pytest.raises(ValueError, match="step_size must be a number"):
         iterative_fgsm(model, grey(), epsilon=0.1, step_size=-1.0)
+    with pytest.raises(ValueError, match=r"Unknown class name 'oen'"):
+        fooling_image(model, grey(), "oen")
+    with pytest.raises(ValueError, match=r"lr must be a number in \(0, inf\)"):
+        fooling_image(model, grey(), 1, lr=0)
+    with pytest.raises(ValueError, match="max_steps must be an integer"):
+        fooling_image(model, grey(), 1, max_steps=-1)
+    with pytest.raises(ValueError, match=r"image must have shape"):
+        fooling_image(model, torch.rand(3, 3, SIZE, SIZE, 1), 1)
+    with pytest.raises(ValueError, match=r"Unknown start 'gray'.*Did you mean 'grey'"):
+        unrecognizable_image(model, 1, start="gray")
+    with pytest.raises(ValueError, match=r"confidence must be a number in \(0, 1\]"):
+        unrecognizable_image(model, 1, confidence=1.5)
     with pytest.raises(ValueError, match="same shape"):
         magnified_difference(grey(), torch.rand(1, 3, 4, 4))
 
@@ -161,9 +297,14 @@ def test_model_unchanged_and_no_hooks_left():
     state = {k: v.clone() for k, v in model.network.state_dict().items()}
     fgsm(model, image, epsilon=0.03)
     iterative_fgsm(model, image, "star", epsilon=0.03, steps=3, targeted=True)
+    fooling_image(model, image, "star", max_steps=3)
+    unrecognizable_image(model, "star", max_steps=3)
     assert not has_hooks(model.network)
     with pytest.raises(RuntimeError):  # a 32 px image does not fit GlyphNet's classifier
         iterative_fgsm(model, torch.rand(1, 3, 32, 32), 0, epsilon=0.03, steps=3)
+    assert not has_hooks(model.network)
+    with pytest.raises(RuntimeError):
+        fooling_image(model, torch.rand(1, 3, 32, 32), "star", max_steps=3)
     assert not has_hooks(model.network)
     assert not model.network.training
     assert not any(p.requires_grad for p in model.network.parameters())
@@ -180,4 +321,28 @@ def test_attacks_are_deterministic_and_seeded():
             for seed in (1, 1, 2)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
+    fooled = [fooling_image(model, image, "star", max_steps=5).adversarial for _ in range(2)]
+    assert torch.equal(fooled[0], fooled[1])
+    noise = [unrecognizable_image(model, "star", max_steps=2, seed=seed).original for seed in (4, 4, 5)]
+    assert torch.equal(noise[0], noise[1]) and not torch.equal(noise[0], noise[2])
     assert torch.equal(image, image_before)  # the input is never modified in place
+
+
+def test_plot_fooling_shows_three_panels_with_predictions(linear):
+    import matplotlib.pyplot as plt
+
+    model, weight = linear
+    image = (grey() - 0.01 * weight.sign()).clamp(0, 1)
+    result = fgsm(model, image, epsilon=0.05)
+    assert result.success and result.original_name == "zero" and result.prediction_name == "one"
+    figure = plot_fooling(result, scale=5)
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles[0] == f"original: zero\n({result.original_probability:.1%})"
+    assert titles[1] == f"fooled: one\n({result.probability:.1%})"
+    assert titles[2].startswith("difference x5\nL-inf 12.8/255")
+    shown = figure.axes[2].images[0].get_array()
+    expected = magnified_difference(result.original, result.adversarial, scale=5)[0].permute(1, 2, 0).numpy()
+    assert abs(shown - expected).max() < 1e-6
+    plt.close(figure)
+    with pytest.raises(TypeError, match="FoolingResult"):
+        plot_fooling(image)

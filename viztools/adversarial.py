@@ -2,7 +2,9 @@
 
 * :func:`fooling_image`: a correctly classified image is nudged by normalized-gradient steps on a target class
   score until the network predicts the target (Szegedy et al. 2014, "Intriguing properties of neural
-  networks"; the CS231n fooling-image exercise).
+  networks"; the CS231n fooling-image exercise). :func:`fooling_run` yields its progress step by step.
+* :func:`unrecognizable_image`: noise pushed until the network is 99% sure it shows a class (Nguyen, Yosinski &
+  Clune 2015, "Deep neural networks are easily fooled").
 * :func:`fgsm`: one step of size epsilon along the sign of the loss gradient (Goodfellow, Shlens & Szegedy
   2015, "Explaining and harnessing adversarial examples").
 * :func:`iterative_fgsm`: many small sign steps, each projected back to the epsilon ball and to [0, 1]
@@ -10,19 +12,28 @@
   adds the random start).
 
 All sizes are in pixel units: images are in [0, 1], so ``epsilon=2/255`` changes each pixel by at most two of
-the 256 grey levels. Every function returns a :class:`FoolingResult`, which :func:`plot_fooling` draws.
+the 256 grey levels. Every function returns a :class:`FoolingResult`, which :func:`plot_fooling` draws. The
+iterative methods run in the shared loop :func:`viztools.optimize.optimize` (SGD on the L2-normalized gradient
+for fooling images, :class:`SignGradientDescent` plus projection for iterative FGSM).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from viztools._validation import check_float, check_image, check_int
+from viztools._validation import check_choice, check_float, check_image, check_int
 from viztools.models import VizModel
+from viztools.optimize import LOGITS, ClassScore, CustomObjective, Objective, Optimization, Progress, optimize, run
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 #: Grey levels per unit of pixel value: a change of 1/255 is one level of an 8-bit image.
 LEVELS = 255
@@ -145,7 +156,33 @@ def fgsm(
     sign(grad_x CE(model(x), label))``, moving towards ``label``. ``epsilon`` is in pixel units (``2/255`` is
     two grey levels); the result is clipped to [0, 1], so it stays in the epsilon ball.
     """
-    return iterative_fgsm(model, image, label, epsilon=epsilon, step_size=epsilon, steps=1, targeted=targeted)
+    image = _check_pixels(image, "image")
+    epsilon = check_float(epsilon, "epsilon", low=0.0, high=1.0)
+    attacked = _resolve_label(model, image, label, targeted)
+    pixels = image.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(F.cross_entropy(model(pixels), torch.tensor([attacked])), pixels)
+    direction = -1.0 if targeted else 1.0
+    adversarial = (image + direction * epsilon * gradient.sign()).clamp(0.0, 1.0)
+    return _result(model, image, adversarial, attacked, targeted=targeted, steps=1)
+
+
+class SignGradientDescent(torch.optim.Optimizer):
+    """``p <- p - lr * sign(grad)``: the FGSM step as an optimizer for :func:`viztools.optimize.optimize`."""
+
+    def __init__(self, params: Sequence[torch.Tensor], lr: float) -> None:
+        super().__init__(params, {"lr": check_float(lr, "lr", low=0.0, low_inclusive=False)})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    parameter.sub_(group["lr"] * parameter.grad.sign())
+        return loss
 
 
 def iterative_fgsm(
@@ -162,35 +199,204 @@ def iterative_fgsm(
 ) -> FoolingResult:
     """Basic iterative method (Kurakin, Goodfellow & Bengio 2017), a.k.a. iterative FGSM or PGD (L-inf).
 
-    Repeats FGSM steps of ``step_size``, each followed by projection to the L-inf ball of radius ``epsilon``
-    around the original and to [0, 1]. Defaults follow Kurakin et al.: ``step_size = 1/255`` (capped at
-    ``epsilon``) and ``steps = min(255 * epsilon + 4, 1.25 * 255 * epsilon)``, rounded. With ``random_start``
-    the search starts from a uniform random point of the ball (Madry et al. 2018), drawn with ``seed``.
+    Repeats FGSM steps of ``step_size`` (pixel units), each followed by projection to the L-inf ball of radius
+    ``epsilon`` around the original and to [0, 1]; the last iterate is returned. Defaults follow Kurakin et al.:
+    ``step_size = 1/255`` (capped at ``epsilon``) and ``steps = min(255 * epsilon + 4, 1.25 * 255 * epsilon)``,
+    rounded. With ``random_start`` the search starts from a uniform random point of the ball (Madry et al.
+    2018's PGD), drawn with ``seed``. Runs in the shared loop :func:`viztools.optimize.optimize`.
     """
     image = _check_pixels(image, "image")
-    epsilon = check_float(epsilon, "epsilon", low=0.0, high=1.0)
-    step_size = min(1 / LEVELS, epsilon) if step_size is None else check_float(
-        step_size, "step_size", low=0.0, high=1.0
-    )
+    epsilon = check_float(epsilon, "epsilon", low=0.0, high=1.0, low_inclusive=False)
+    if step_size is None:
+        step_size = min(1 / LEVELS, epsilon)
+    step_size = check_float(step_size, "step_size", low=0.0, high=1.0, low_inclusive=False)
     if steps is None:
         steps = max(1, round(min(LEVELS * epsilon + 4, 1.25 * LEVELS * epsilon)))
     steps = check_int(steps, "steps", low=1)
-    if not isinstance(targeted, bool):
-        raise TypeError(f"targeted must be True or False; got {targeted!r}.")
     attacked = _resolve_label(model, image, label, targeted)
-    labels = torch.tensor([attacked])
-    direction = -1.0 if targeted else 1.0
     lower, upper = (image - epsilon).clamp(min=0.0), (image + epsilon).clamp(max=1.0)
 
-    adversarial = image.clone()
+    start = image
     if random_start:
         generator = torch.Generator().manual_seed(0 if seed is None else check_int(seed, "seed", low=0))
-        noise = torch.rand(image.shape, generator=generator).to(image) * 2 - 1
-        adversarial = torch.clamp(image + epsilon * noise, lower, upper)
-    for _ in range(steps):
-        gradient = _input_gradient(model, adversarial, lambda logits: F.cross_entropy(logits, labels))
-        adversarial = torch.clamp(adversarial + direction * step_size * gradient.sign(), lower, upper)
-    return _result(model, image, adversarial, attacked, targeted=targeted, steps=steps)
+        start = (image + epsilon * (2 * torch.rand(image.shape, generator=generator) - 1)).clamp(lower, upper)
+    labels = torch.tensor([attacked])
+    sign = -1.0 if targeted else 1.0  # untargeted: raise the loss of the label; targeted: lower the target's
+    objective = CustomObjective(
+        f"{'-' if targeted else ''}cross-entropy of {model.categories[attacked]!r}",
+        [LOGITS],
+        lambda activations: sign * F.cross_entropy(activations[LOGITS], labels),
+    )
+    outcome = run(
+        model, start, objective, steps=steps, lr=step_size,
+        optimizer=lambda params: SignGradientDescent(params, step_size),
+        after_step=[lambda pixels, _: pixels.clamp(lower, upper)], seed=0,
+    )
+    return _result(model, image, outcome.last_image, attacked, targeted=targeted, steps=outcome.steps)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fooling images: normalized-gradient ascent on a class score
+# --------------------------------------------------------------------------------------------------------------
+
+
+def classic_fooling_lr(model: VizModel) -> float:
+    """The CS231n fooling step (L2 length 1 in normalized input units) in pixel units: the mean of ``model.std``.
+
+    The model sees ``(pixels - mean) / std``, so a step of length 1 in normalized units is a step of length
+    ``std`` in pixels (exact when the channels share one std, as GlyphNet's 0.25; within 2% for ImageNet's
+    0.229, 0.224, 0.225, where this gives 0.226). For a 224x224 image that is a per-pixel RMS change of
+    ``0.226 / sqrt(3 * 224 * 224)``, about 0.00058 (0.15 grey levels) per step.
+    """
+    return sum(model.std) / len(model.std)
+
+
+class FoolingRun(Iterator[Progress]):
+    """A fooling image being made: iterate it for :class:`viztools.optimize.Progress` (one per step, so a widget
+    can show the image live), call :meth:`stop` to end it early, or :meth:`result` for the :class:`FoolingResult`.
+
+    Each step is ``x <- clip(x + lr * g / ||g||_2, 0, 1)`` with ``g`` the gradient of the objective, run by the
+    shared loop (SGD on the L2-normalized gradient); it stops once the model's prediction reaches the goal.
+    """
+
+    def __init__(
+        self,
+        model: VizModel,
+        start: torch.Tensor,
+        target: int,
+        objective: Objective,
+        *,
+        lr: float,
+        max_steps: int,
+        confidence: float | None = None,
+    ) -> None:
+        self.model, self.original, self.target, self.confidence = model, start, target, confidence
+        self.optimization: Optimization = optimize(
+            model, start, objective, steps=0 if self.reached(start) else max_steps, optimizer="sgd", lr=lr,
+            normalize_gradient="l2", clamp=True, should_stop=lambda progress: self.reached(progress.image), seed=0,
+        )
+
+    def reached(self, pixels: torch.Tensor) -> bool:
+        """Whether ``pixels`` is predicted as the target (with at least ``confidence``, when set)."""
+        probabilities = self.model.predict(pixels)[0]
+        if self.confidence is None:
+            return int(probabilities.argmax()) == self.target
+        return float(probabilities[self.target]) >= self.confidence
+
+    def __next__(self) -> Progress:
+        return next(self.optimization)
+
+    def stop(self) -> None:
+        """Finish after the current step."""
+        self.optimization.stop()
+
+    def result(self) -> FoolingResult:
+        """Run the remaining steps (Ctrl-C stops early) and compare the last image with the original."""
+        outcome = self.optimization.result()
+        return _result(
+            self.model, self.original, outcome.last_image, self.target, targeted=True, steps=outcome.steps,
+            success=self.reached(outcome.last_image),
+        )
+
+
+def fooling_run(
+    model: VizModel, image: torch.Tensor, target: int | str, *, lr: float | None = None, max_steps: int = 100
+) -> FoolingRun:
+    """:func:`fooling_image` as a :class:`FoolingRun` that yields progress step by step (for widgets)."""
+    image = _check_pixels(image, "image")
+    target = model.class_index(target)
+    lr = classic_fooling_lr(model) if lr is None else check_float(lr, "lr", low=0.0, low_inclusive=False)
+    max_steps = check_int(max_steps, "max_steps", low=0)
+    return FoolingRun(model, image, target, ClassScore(target), lr=lr, max_steps=max_steps)
+
+
+def fooling_image(
+    model: VizModel, image: torch.Tensor, target: int | str, *, lr: float | None = None, max_steps: int = 100
+) -> FoolingResult:
+    """Make ``image`` be classified as ``target`` by a small change (Szegedy et al. 2014; CS231n's exercise).
+
+    Gradient ascent on the target's class score (logit) with steps of fixed L2 length ``lr`` in pixel units
+    (``x <- clip(x + lr * g / ||g||_2, 0, 1)``) until the model predicts ``target``, at most ``max_steps``
+    steps. The default ``lr`` is the classic setting, 1 in normalized input units (:func:`classic_fooling_lr`).
+    The result reports the steps taken, success, and the perturbation's L2 / L-inf size; see lecture
+    ``09_adversarial`` and :func:`plot_fooling`.
+    """
+    return fooling_run(model, image, target, lr=lr, max_steps=max_steps).result()
+
+
+def unrecognizable_image(
+    model: VizModel,
+    target: int | str,
+    *,
+    start: str = "noise",
+    confidence: float = 0.99,
+    lr: float | None = None,
+    max_steps: int = 200,
+    seed: int | None = None,
+) -> FoolingResult:
+    """An image unrecognizable to people that the model calls ``target`` with >= ``confidence`` probability.
+
+    Nguyen, Yosinski & Clune 2015 ("Deep neural networks are easily fooled") found such images off the data
+    manifold; here by normalized-gradient ascent on the target's log-probability (their gradient-ascent
+    variant), from uniform noise (``start="noise"``, drawn with ``seed``) or mid-grey (``start="grey"``). The
+    default ``lr`` is 10x :func:`classic_fooling_lr`. ``result.original`` is the starting image.
+    """
+    target = model.class_index(target)
+    check_choice(start, "start", ("noise", "grey"))
+    confidence = check_float(confidence, "confidence", low=0.0, high=1.0, low_inclusive=False)
+    lr = 10 * classic_fooling_lr(model) if lr is None else check_float(lr, "lr", low=0.0, low_inclusive=False)
+    max_steps = check_int(max_steps, "max_steps", low=0)
+    shape = (1, 3, model.input_size, model.input_size)
+    if start == "grey":
+        pixels = torch.full(shape, 0.5)
+    else:
+        generator = torch.Generator().manual_seed(0 if seed is None else check_int(seed, "seed", low=0))
+        pixels = torch.rand(shape, generator=generator)
+    objective = CustomObjective(
+        f"log p({model.categories[target]})", [LOGITS],
+        lambda activations: F.log_softmax(activations[LOGITS], dim=1)[:, target].sum(),
+    )
+    run_ = FoolingRun(model, pixels, target, objective, lr=lr, max_steps=max_steps, confidence=confidence)
+    return run_.result()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plotting
+# --------------------------------------------------------------------------------------------------------------
+
+
+def plot_fooling(result: FoolingResult, *, scale: float = 10.0, axes: Sequence[Axes] | None = None) -> Figure:
+    """Original | adversarial | magnified difference, titled with predicted classes and probabilities.
+
+    The difference panel is :func:`magnified_difference` (grey = unchanged). Pass three ``axes`` to draw into
+    an existing figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from viztools.data import to_numpy_image
+
+    if not isinstance(result, FoolingResult):
+        raise TypeError(f"plot_fooling takes a FoolingResult (from fooling_image, fgsm, ...); got {type(result)}.")
+    if axes is None:
+        figure, axes = plt.subplots(1, 3, figsize=(10, 3.8))
+    elif len(axes) != 3:
+        raise ValueError(f"plot_fooling draws three panels; pass three axes, got {len(axes)}.")
+    else:
+        figure = axes[0].figure
+    panels = [
+        (result.original, f"original: {result.original_name}\n({result.original_probability:.1%})"),
+        (result.adversarial, f"{'fooled' if result.success else 'attacked'}: {result.prediction_name}\n"
+                             f"({result.probability:.1%})"),
+        (magnified_difference(result.original, result.adversarial, scale=scale),
+         f"difference x{scale:g}\nL-inf {result.linf_levels:.1f}/255, RMS {result.rms * LEVELS:.2f}/255"),
+    ]
+    for axis, (pixels, title) in zip(axes, panels, strict=True):
+        axis.imshow(to_numpy_image(pixels), interpolation="nearest")
+        axis.set_title(title, fontsize=10)
+        axis.set_axis_off()
+    goal = f"target: {result.attacked_name}" if result.targeted else f"away from: {result.attacked_name}"
+    figure.suptitle(f"{goal}, {result.steps} step(s), {'success' if result.success else 'failed'}", fontsize=11)
+    return figure
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -210,22 +416,25 @@ def _check_pixels(image: object, name: str) -> torch.Tensor:
 
 
 def _resolve_label(model: VizModel, image: torch.Tensor, label: int | str | None, targeted: bool) -> int:
+    if not isinstance(targeted, bool):
+        raise TypeError(f"targeted must be True or False; got {targeted!r}.")
     if label is None and targeted:
         raise ValueError("A targeted attack needs a target class: pass label=<class index or name>.")
     return model.resolve_target(label, image)
 
 
-def _input_gradient(model: VizModel, pixels: torch.Tensor, objective) -> torch.Tensor:
-    """Gradient of ``objective(model(pixels))`` with respect to the pixels (the model is left untouched)."""
-    pixels = pixels.detach().requires_grad_(True)
-    (gradient,) = torch.autograd.grad(objective(model(pixels)), pixels)
-    return gradient
-
-
 @torch.no_grad()
 def _result(
-    model: VizModel, original: torch.Tensor, adversarial: torch.Tensor, attacked: int, *, targeted: bool, steps: int
+    model: VizModel,
+    original: torch.Tensor,
+    adversarial: torch.Tensor,
+    attacked: int,
+    *,
+    targeted: bool,
+    steps: int,
+    success: bool | None = None,
 ) -> FoolingResult:
+    """Predictions for both images; ``success`` defaults to "predicted as the target" / "not as the label"."""
     probabilities = model.predict(torch.cat([original, adversarial]))
     confidence, predicted = probabilities.max(dim=1)
     prediction = int(predicted[1])
@@ -235,7 +444,7 @@ def _result(
         attacked_class=attacked,
         targeted=targeted,
         steps=steps,
-        success=(prediction == attacked) == targeted,
+        success=(prediction == attacked) == targeted if success is None else success,
         original_prediction=int(predicted[0]),
         original_probability=float(confidence[0]),
         prediction=prediction,
