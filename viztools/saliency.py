@@ -113,10 +113,10 @@ def _prepare(model: VizModel, image: torch.Tensor) -> torch.Tensor:
     """A fresh leaf copy of the single image that requires grad, in the network's dtype."""
     if not isinstance(model, VizModel):
         raise TypeError(f"model must be a viztools.VizModel (see viztools.load_model); got {type(model).__name__}.")
-    if model.network.training:
+    if any(module.training for module in model.network.modules()):
         raise ValueError(
-            "model.network is in training mode, so dropout would make the map random and batch norm would change "
-            "the model. Call model.network.eval() first."
+            "model.network (or one of its modules) is in training mode, so dropout would make the map random and "
+            "batch norm would change the model. Call model.network.eval() first."
         )
     pixels = check_image(image, "image")
     parameter = next(model.network.parameters(), None)
