@@ -262,8 +262,10 @@ def test_model_unchanged_and_no_hooks_after_run_and_after_error():
     def broken(activations):
         raise RuntimeError("objective failed")
 
+    failing = optimize(model, start_image(), CustomObjective("broken", ["conv"], broken), steps=3)
     with pytest.raises(RuntimeError, match="objective failed"):
-        run(model, start_image(), CustomObjective("broken", ["conv"], broken), steps=3)
+        failing.result()
+    assert failing.stop_reason == "error"
     assert not has_hooks(model.network)
     assert all(not p.requires_grad for p in model.network.parameters())
     assert not model.network.training

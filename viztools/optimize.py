@@ -454,7 +454,8 @@ class OptimizationResult:
         loss: its total loss; ``best_step`` the number of steps after which it was taken (0 = the start).
         last_image: the pixels after the last step.
         steps: optimizer steps done; ``closure_calls`` forward+backward evaluations done.
-        stop_reason: ``"steps"``, ``"time"``, ``"stopped"`` (``stop()`` or ``should_stop``), ``"interrupted"``.
+        stop_reason: ``"steps"``, ``"time"``, ``"stopped"`` (``stop()`` or ``should_stop``), ``"interrupted"``
+            (KeyboardInterrupt), or ``"error"`` (an exception ended an iteration; :func:`run` re-raises it).
         history: every step's ``losses`` plus their ``"total"``, for plotting.
         elapsed: seconds spent.
     """
@@ -592,10 +593,18 @@ class Optimization(Iterator[Progress]):
                     self._stop_requested = True
                 if progress is not None:
                     return progress
-        except KeyboardInterrupt:
-            self.stop_reason = "interrupted"
-            self._elapsed = time.perf_counter() - self._started
+        except StopIteration:
             raise
+        except KeyboardInterrupt:
+            self._abort("interrupted")
+            raise
+        except Exception:
+            self._abort("error")
+            raise
+
+    def _abort(self, reason: str) -> None:
+        self.stop_reason = reason
+        self._elapsed = time.perf_counter() - self._started
 
     def result(self) -> OptimizationResult:
         """Run the remaining steps and return the result; Ctrl-C returns the best image so far."""
@@ -675,9 +684,11 @@ class Optimization(Iterator[Progress]):
         for transform in self.transforms:
             seen = _apply_transform(transform, seen, self.generator)
         activations = forward_activations(self.model, seen, self.objective.layers)
-        loss_terms = {name: -term for name, term in self.objective.terms(activations).items()}
+        loss_terms: dict[str, torch.Tensor] = {}
+        for name, term in self.objective.terms(activations).items():
+            loss_terms[_unique_name(name, {"total": None, **loss_terms})] = -term
         for regularizer in self.regularizers:
-            loss_terms[_unique_name(regularizer.name, loss_terms)] = regularizer(pixels)
+            loss_terms[_unique_name(regularizer.name, {"total": None, **loss_terms})] = regularizer(pixels)
         total = sum(loss_terms.values())
         parts = {name: float(term.detach()) for name, term in loss_terms.items()}
         parts["total"] = float(total.detach())
