@@ -352,7 +352,7 @@ def test_random_squeezenet_matches_captum_and_rules_differ_from_plain() -> None:
     plain = input_gradient(model, image, target)
     for rule, oracle in (("guided", GuidedBackprop), ("deconvnet", Deconvolution)):
         ours = input_gradient(model, image, target, rule=rule)
-        theirs = oracle(PixelNetwork()).attribute(image.clone(), target=target)[0]
+        theirs = oracle(PixelNetwork()).attribute(image.clone().requires_grad_(True), target=target)[0]
         torch.testing.assert_close(ours, theirs)
         assert ours.abs().sum() > 0
         assert not torch.allclose(ours, plain)
