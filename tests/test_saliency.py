@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 import viztools
-from viztools.hooks import has_hooks, receptive_field
+from viztools.hooks import has_hooks, layer_output_shape, receptive_field
 from viztools.models import VizModel
 from viztools.saliency import (
     RULES,
@@ -379,7 +379,7 @@ def test_model_left_unchanged_also_after_errors(glyph: VizModel, glyph_image: to
     with pytest.raises(RuntimeError):
         neuron_gradient(glyph, too_small, "fc1", 0, rule="deconvnet")  # hook on fc1's ReLU is attached here
     with pytest.raises(ValueError, match="channel"):
-        neuron_gradient(glyph, glyph_image, "conv2", 64, rule="guided")
+        neuron_gradient(glyph, glyph_image, "conv2", layer_output_shape(glyph, "conv2")[0], rule="guided")
     assert not has_hooks(glyph.network)
     assert torch.equal(raw_input_gradient(glyph, glyph_image, 3), before)  # no ReLU rule lingers
     assert all(torch.equal(tensor, state[name]) for name, tensor in glyph.network.state_dict().items())
@@ -390,10 +390,11 @@ def test_model_left_unchanged_also_after_errors(glyph: VizModel, glyph_image: to
 def test_errors_say_what_to_do(glyph: VizModel, glyph_image: torch.Tensor) -> None:
     with pytest.raises(ValueError, match=r"Unknown layer 'conv9'.*conv1"):
         neuron_gradient(glyph, glyph_image, "conv9", 0)
-    with pytest.raises(ValueError, match=r"channel of layer 'conv2' must be an integer in \[0, 63\]; got 64"):
-        neuron_gradient(glyph, glyph_image, "conv2", 64)
-    with pytest.raises(ValueError, match=r"row of layer 'conv2' must be an integer in \[0, 31\]"):
-        neuron_gradient(glyph, glyph_image, "conv2", 0, (32, 0))
+    channels, height, _ = layer_output_shape(glyph, "conv2")
+    with pytest.raises(ValueError, match=rf"channel of layer 'conv2' must be an integer in \[0, {channels - 1}\]"):
+        neuron_gradient(glyph, glyph_image, "conv2", channels)
+    with pytest.raises(ValueError, match=rf"row of layer 'conv2' must be an integer in \[0, {height - 1}\]"):
+        neuron_gradient(glyph, glyph_image, "conv2", 0, (height, 0))
     with pytest.raises(TypeError, match=r"position must be a \(row, col\) pair"):
         neuron_gradient(glyph, glyph_image, "conv2", 0, 5)
     with pytest.raises(ValueError, match=r"fully connected.*position=None"):
