@@ -212,7 +212,12 @@ def test_stop_should_stop_and_time_budget():
     result = optimization.result()
     assert result.steps == 3 and result.stop_reason == "stopped"
 
-    result = run(model, start_image(), ClassScore(0), steps=50, should_stop=lambda p: p.step >= 4, seed=0)
+    seen = []
+    optimization = optimize(model, start_image(), ClassScore(0), steps=50, every=3, seed=0,
+                            should_stop=lambda p: seen.append(p.step) or p.step >= 4)
+    assert [p.step for p in optimization] == [3, 4]  # every third step, and the last one
+    assert seen == [1, 2, 3, 4]
+    result = optimization.result()
     assert result.steps == 4 and result.stop_reason == "stopped"
 
     result = run(model, start_image(), ClassScore(0), steps=10**6, time_budget=0.05, seed=0)

@@ -586,13 +586,12 @@ class Optimization(Iterator[Progress]):
                     self._finish(reason)
                     raise StopIteration
                 losses = self._take_step()
-                progress = None
-                if self.step % self.every == 0 or self.step == self.steps:
-                    progress = self._progress(losses)
-                if self.should_stop is not None and self.should_stop(progress or self._progress(losses)):
+                due = self.step % self.every == 0 or self.step == self.steps or self._time_is_up()
+                progress = self._progress(losses) if due or self.should_stop is not None else None
+                if self.should_stop is not None and self.should_stop(progress):
                     self._stop_requested = True
-                if progress is not None:
-                    return progress
+                if due or self._stop_requested:  # the last step is always reported
+                    return progress or self._progress(losses)
         except StopIteration:
             raise
         except KeyboardInterrupt:
@@ -632,9 +631,12 @@ class Optimization(Iterator[Progress]):
             return "steps"
         if self._stop_requested:
             return "stopped"
-        if self.time_budget is not None and time.perf_counter() - self._started >= self.time_budget:
+        if self._time_is_up():
             return "time"
         return None
+
+    def _time_is_up(self) -> bool:
+        return self.time_budget is not None and time.perf_counter() - self._started >= self.time_budget
 
     def _finish(self, reason: str) -> None:
         """Evaluate the final pixels once (they may be the best) and record why the loop stopped."""
@@ -797,10 +799,11 @@ def optimize(
     step (CS231n / DeepDream style steps with SGD). After each step come ``after_step`` operations
     ``(pixels, step) -> pixels`` (e.g. :func:`blur_every`) and, with ``clamp``, the projection into [0, 1].
 
-    Returns an :class:`Optimization`: iterate it for a :class:`Progress` every ``every`` steps (and after the
-    last), call ``.stop()`` to end it, or ``.result()`` for the :class:`OptimizationResult`. It stops after
-    ``steps`` steps, after ``time_budget`` seconds (wall time since the first step), when ``should_stop(progress)``
-    returns True, or on ``stop()``. ``seed`` seeds the random transforms: equal seeds give identical images.
+    Returns an :class:`Optimization`: iterate it for a :class:`Progress` every ``every`` steps and after the
+    last step (however the loop ends), call ``.stop()`` to end it, or ``.result()`` for the
+    :class:`OptimizationResult`. It stops after ``steps`` steps, after ``time_budget`` seconds (wall time since
+    the first step), when ``should_stop(progress)`` (called after every step) returns True, or on ``stop()``.
+    ``seed`` seeds the random transforms: equal seeds give identical images.
     """
     return Optimization(
         model,
