@@ -20,6 +20,7 @@ from viztools.optimize import (
     L2Penalty,
     LayerDream,
     Objective,
+    RandomTransform,
     TotalVariation,
     blur_every,
     compose,
@@ -178,6 +179,33 @@ def test_lbfgs_closure_calls_are_counted():
     assert result.closure_calls == 4 * 5
     history = run(model, start_image(), ClassScore(0), steps=4, optimizer="lbfgs", lr=0.5, seed=0)
     assert history.closure_calls == 4
+
+
+def test_random_transforms_draw_once_per_step_even_with_several_closure_calls():
+    draws: list[int] = []
+
+    class RecordingShift(RandomTransform):
+        def apply(self, pixels, generator):
+            shift = int(torch.randint(0, 1000, (1,), generator=generator))
+            draws.append(shift)
+            return torch.roll(pixels, shift % 3, dims=-1)
+
+    result = run(tiny_model(), start_image(), ClassScore(0), steps=3, optimizer="lbfgs", lr=0.5,
+                 optimizer_options={"max_iter": 4}, transforms=[RecordingShift()], seed=0)
+    evaluations = draws[: result.closure_calls]  # then one more for the final image
+    assert result.closure_calls == 12 and len(draws) == 13
+    per_step = [evaluations[i : i + 4] for i in range(0, 12, 4)]
+    assert all(len(set(step)) == 1 for step in per_step)
+    assert len({step[0] for step in per_step}) == 3
+
+
+def test_hooks_exist_only_inside_a_step():
+    model = tiny_model()
+    optimization = optimize(model, start_image(), LayerDream("conv") + ClassScore(0), steps=5, seed=0)
+    next(optimization)
+    assert not has_hooks(model.network)  # between steps, e.g. while a widget draws or after the user breaks
+    del optimization
+    assert not has_hooks(model.network)
 
 
 def test_progress_records_sum_and_images_are_detached_clones():
