@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import matplotlib.pyplot as plt
@@ -44,16 +45,20 @@ def minmax(values: torch.Tensor) -> np.ndarray:
     return ((values - values.min()) / (values.max() - values.min())).numpy()
 
 
-def test_glyphnet_first_layer_is_32_rgb_tiles_each_scaled_on_its_own(random_glyphnet: VizModel) -> None:
+def test_glyphnet_first_layer_is_rgb_tiles_each_scaled_on_its_own(random_glyphnet: VizModel) -> None:
+    conv1 = random_glyphnet.network.features.conv1
+    count = conv1.out_channels
     grid = filter_grid(random_glyphnet, "conv1")
-    assert (grid.conv_path, grid.mode, grid.weight_shape) == ("features.conv1", "rgb", (32, 3, 7, 7))
-    assert grid.tiles.shape == (32, 7, 7, 3) and grid.channels == list(range(32))
+    assert (grid.conv_path, grid.mode, grid.weight_shape) == ("features.conv1", "rgb", (count, 3, 7, 7))
+    assert grid.tiles.shape == (count, 7, 7, 3) and grid.channels == list(range(count))
     assert np.allclose(grid.tiles.min(axis=(1, 2, 3)), 0) and np.allclose(grid.tiles.max(axis=(1, 2, 3)), 1)
-    weight = random_glyphnet.network.features.conv1.weight[5]
-    assert np.allclose(grid.tiles[5], minmax(weight).transpose(1, 2, 0), atol=1e-6)
-    # 32 tiles in 6 columns -> 6 rows of 7 px tiles, 1 px apart; tile 7 sits in row 1, column 1.
-    assert grid.columns == 6 and grid.mosaic.shape == (6 * 8 - 1, 6 * 8 - 1, 3)
-    assert np.array_equal(grid.mosaic[8:15, 8:15], grid.tiles[7])
+    assert np.allclose(grid.tiles[5], minmax(conv1.weight[5]).transpose(1, 2, 0), atol=1e-6)
+    # A near-square grid of 7 px tiles, 1 px apart.
+    columns = math.ceil(math.sqrt(count))
+    assert grid.columns == columns
+    assert grid.mosaic.shape == (math.ceil(count / columns) * 8 - 1, columns * 8 - 1, 3)
+    row, col = divmod(7, columns)
+    assert np.array_equal(grid.mosaic[row * 8 : row * 8 + 7, col * 8 : col * 8 + 7], grid.tiles[7])
     assert np.all(grid.mosaic[7, :] == 1.0)  # white gap
 
 
@@ -91,33 +96,37 @@ def test_squeezenet_first_layer_is_96_rgb_tiles(random_squeezenet: VizModel) -> 
 
 
 def test_deeper_layers_show_per_input_channel_maps(random_glyphnet: VizModel) -> None:
+    conv2 = random_glyphnet.network.features.conv2
+    inputs = conv2.in_channels
     grid = filter_grid(random_glyphnet, "conv2")
-    assert grid.mode == "grey" and grid.tiles.shape == (8, 32, 3, 3) and grid.channels == list(range(8))
-    assert grid.input_channels == list(range(32))
-    assert grid.mosaic.shape == (8 * 4 - 1, 32 * 4 - 1, 3)
+    assert grid.mode == "grey" and grid.tiles.shape == (8, inputs, 3, 3) and grid.channels == list(range(8))
+    assert grid.input_channels == list(range(inputs))
+    assert grid.mosaic.shape == (8 * 4 - 1, inputs * 4 - 1, 3)
     assert np.allclose(grid.tiles.min(axis=(1, 2, 3)), 0) and np.allclose(grid.tiles.max(axis=(1, 2, 3)), 1)
     mosaic_tile = grid.mosaic[4:7, 8:11]  # output row 1, input column 2
     assert np.array_equal(mosaic_tile, np.repeat(grid.tiles[1, 2][..., None], 3, axis=2))
 
-    subset = filter_grid(random_glyphnet, "conv2", channels=[5, 60], input_channels=[1, 2, 30], normalize="map")
-    assert subset.tiles.shape == (2, 3, 3, 3) and subset.input_channels == [1, 2, 30]
-    weight = random_glyphnet.network.features.conv2.weight
-    assert np.allclose(subset.tiles[1, 2], minmax(weight[60, 30]), atol=1e-6)
+    last = conv2.out_channels - 1
+    subset = filter_grid(random_glyphnet, "conv2", channels=[5, last], input_channels=[1, 2, inputs - 1],
+                         normalize="map")
+    assert subset.tiles.shape == (2, 3, 3, 3) and subset.input_channels == [1, 2, inputs - 1]
+    assert np.allclose(subset.tiles[1, 2], minmax(conv2.weight[last, inputs - 1]), atol=1e-6)
     assert np.allclose(subset.tiles.min(axis=(2, 3)), 0) and np.allclose(subset.tiles.max(axis=(2, 3)), 1)
 
 
 def test_bad_arguments_raise_clear_errors(random_glyphnet: VizModel) -> None:
+    count = random_glyphnet.network.features.conv1.out_channels
     with pytest.raises(ValueError, match=r"produced by the Linear layer 'classifier\.fc1'"):
         filter_grid(random_glyphnet, "fc1")
     with pytest.raises(ValueError, match=r"is a Linear layer.*Choose a convolutional layer: conv1, pool1, conv2"):
         filter_grid(random_glyphnet, "logits")
     with pytest.raises(ValueError, match="Unknown layer 'conv7'"):
         filter_grid(random_glyphnet, "conv7")
-    with pytest.raises(ValueError, match=r"channels entry \(the layer has 32\)"):
-        filter_grid(random_glyphnet, "conv1", channels=[0, 32])
+    with pytest.raises(ValueError, match=rf"channels entry \(the layer has {count}\)"):
+        filter_grid(random_glyphnet, "conv1", channels=[0, count])
     with pytest.raises(ValueError, match="non-empty list"):
         filter_grid(random_glyphnet, "conv1", channels=[])
-    with pytest.raises(ValueError, match=r"32 input channels.*mode='grey'"):
+    with pytest.raises(ValueError, match=rf"{count} input channels.*mode='grey'"):
         filter_grid(random_glyphnet, "conv2", mode="rgb")
     with pytest.raises(ValueError, match="change the colours"):
         filter_grid(random_glyphnet, "conv1", normalize="map")
