@@ -1,4 +1,4 @@
-"""Neural style transfer: Gram matrices, losses, the truncated forward pass and the optimization run."""
+"""Neural style transfer: Gram matrices and losses by hand, objectives on a real network, the optimization run."""
 
 from __future__ import annotations
 
@@ -7,20 +7,41 @@ import torch
 
 import viztools
 from viztools.hooks import get_activations, has_hooks
+from viztools.optimize import forward_activations
 from viztools.style import (
-    content_loss,
+    DEFAULT_LAYERS,
+    GramMatch,
     default_layers,
     gram_matrix,
-    layer_features,
     style_layer_loss,
     style_loss,
-    total_variation,
+    style_transfer,
+    style_transfer_objective,
 )
+
+STYLE_LAYERS = ["conv1", "conv2", "conv3"]
 
 
 @pytest.fixture(scope="module")
-def random_glyphnet() -> viztools.VizModel:
+def model() -> viztools.VizModel:
+    """GlyphNet with fixed random weights: style transfer only needs feature maps, not a trained classifier."""
+    torch.manual_seed(0)
     return viztools.load_model("glyphnet", weights="random")
+
+
+def image(seed: int, size: int = 32) -> torch.Tensor:
+    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def smooth_image(seed: int, size: int = 32) -> torch.Tensor:
+    """Random blobs: a low-resolution random image upsampled, so it has content at several scales."""
+    coarse = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def run_short(model: viztools.VizModel, **options: object) -> viztools.optimize.OptimizationResult:
+    settings = {"content_layer": "conv3", "style_layers": STYLE_LAYERS, "steps": 8, **options}
+    return style_transfer(model, smooth_image(1), smooth_image(2, size=40), **settings).result()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -56,25 +77,15 @@ def test_gram_matrix_rejects_features_without_positions() -> None:
         gram_matrix(torch.ones(1, 10))
 
 
-def test_content_loss_is_a_relative_squared_error() -> None:
-    target = torch.tensor([[[[1.0, 1.0]]]])
-    assert content_loss(target.clone(), target).item() == 0.0
-    # (0^2 + 1^2) / (1^2 + 1^2)
-    assert content_loss(torch.tensor([[[[1.0, 2.0]]]]), target).item() == pytest.approx(0.5)
-    assert content_loss(torch.zeros(1, 1, 1, 2), target).item() == pytest.approx(1.0)
-
-
-def test_content_loss_rejects_features_of_another_size() -> None:
-    with pytest.raises(ValueError, match="content image's size"):
-        content_loss(torch.ones(1, 2, 3, 3), torch.ones(1, 2, 4, 4))
-
-
 def test_style_layer_loss_by_hand_and_zero_for_the_style_features() -> None:
     features = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [0.0, 1.0]]]])  # Gram [[7.5,1.5],[1.5,.5]]
     target = torch.tensor([[[7.5, 1.5], [1.5, 2.5]]])
     # Only G11 differs, by 2: 2^2 / (7.5^2 + 2*1.5^2 + 2.5^2) = 4 / 67
     assert style_layer_loss(features, target).item() == pytest.approx(4 / 67)
     assert style_layer_loss(features, gram_matrix(features)).item() == 0.0
+    assert style_layer_loss(torch.zeros(1, 2, 3, 3), target).item() == pytest.approx(1.0)  # relative: 1 at zero
+    with pytest.raises(ValueError, match="same layer"):
+        style_layer_loss(features, torch.ones(1, 3, 3))
 
 
 def test_style_loss_weights_each_layer() -> None:
@@ -88,50 +99,179 @@ def test_style_loss_weights_each_layer() -> None:
         style_loss(features, targets, {"c": 1.0})
 
 
-def test_total_variation_by_hand() -> None:
-    # One 2x2 picture repeated in the 3 channels: [[0, 1], [1, 1]].
-    # Down differences: (1-0), (1-1) -> mean of squares over 3*1*2 values = 1/2; right: (1-0), (1-1) -> 1/2.
-    pixels = torch.tensor([[0.0, 1.0], [1.0, 1.0]]).expand(1, 3, 2, 2)
-    assert total_variation(pixels).item() == pytest.approx(1.0)
-    assert total_variation(torch.full((1, 3, 5, 5), 0.3)).item() == 0.0
-
-
 # --------------------------------------------------------------------------------------------------------------
-# The truncated forward pass
+# Objectives on a real network
 # --------------------------------------------------------------------------------------------------------------
 
 
-def test_layer_features_match_a_full_forward_and_skip_later_layers(random_glyphnet: viztools.VizModel) -> None:
-    model = random_glyphnet
-    pixels = torch.rand(1, 3, 64, 64)
-    later_calls = []
-    handle = model.layer("conv4").register_forward_hook(lambda *args: later_calls.append(1))
-    try:
-        features = layer_features(model, pixels, ["conv2", "conv1"])
-    finally:
-        handle.remove()
-    reference = get_activations(model, pixels, ["conv1", "conv2"])
-    assert list(features) == ["conv2", "conv1"]
-    for name in ("conv1", "conv2"):
-        assert torch.equal(features[name], reference[name])
-    assert later_calls == []  # the forward pass stopped after conv2
+def test_style_terms_vanish_for_the_style_image_and_content_term_for_the_content_image(model) -> None:
+    content, style = smooth_image(1), image(2, size=48)  # the style image is larger: Grams do not care
+    objective = style_transfer_objective(model, content, style, content_layer="conv3", style_layers=STYLE_LAYERS)
+    _, style_part = objective.parts  # content_weight * ContentMatch + GramMatch
+    assert isinstance(style_part, GramMatch)
+    with torch.no_grad():
+        on_style = style_part.terms(forward_activations(model, style, style_part.layers))
+        on_content = objective.terms(forward_activations(model, content, objective.layers))
+    assert set(on_content) == {"content:conv3", "style:conv1", "style:conv2", "style:conv3"}
+    assert on_style == {f"style:{layer}": 0.0 for layer in STYLE_LAYERS}
+    assert on_content["content:conv3"].item() == 0.0
+    assert all(on_content[f"style:{layer}"].item() < 0 for layer in STYLE_LAYERS)  # maximized: losses negated
+
+
+def test_reported_losses_equal_a_naive_full_forward_computation(model) -> None:
+    content, style = smooth_image(1, size=64), image(2, size=64)  # the input size: the full forward must work
+    weights, content_weight, tv_weight = [3.0, 0.5, 2.0], 4.0, 10.0
+    first = next(iter(style_transfer(
+        model, content, style, content_layer="conv3", style_layers=STYLE_LAYERS, style_weights=weights,
+        content_weight=content_weight, tv_weight=tv_weight, init="random", seed=5,
+    )))
+    start = torch.rand(content.shape, generator=torch.Generator().manual_seed(5))
+    current = get_activations(model, start, [*STYLE_LAYERS, "conv3"])  # a full forward pass through the model
+    targets = get_activations(model, style, STYLE_LAYERS)
+    content_target = get_activations(model, content, ["conv3"])["conv3"]
+    expected = {
+        f"style:{layer}": weight * float(((gram_matrix(current[layer]) - gram_matrix(targets[layer])) ** 2).sum()
+                                         / (gram_matrix(targets[layer]) ** 2).sum())
+        for layer, weight in zip(STYLE_LAYERS, weights, strict=True)
+    }
+    expected["content:conv3"] = content_weight * float(
+        ((current["conv3"] - content_target) ** 2).sum() / (content_target**2).sum()
+    )
+    corner = start[..., :-1, :-1]
+    squared_steps = (start[..., :-1, 1:] - corner) ** 2 + (start[..., 1:, :-1] - corner) ** 2
+    expected["total variation"] = tv_weight * float(squared_steps.sum()) / start.numel()
+    assert first.losses == pytest.approx(expected, rel=1e-4)
+    assert first.loss == pytest.approx(sum(expected.values()), rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The optimization run
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_short_run_lowers_the_total_loss(model, optimizer: str) -> None:
+    result = run_short(model, optimizer=optimizer, steps=10)
+    assert result.steps == 10 and result.stop_reason == "steps"
+    assert result.history[-1]["total"] < 0.9 * result.history[0]["total"]
+    assert result.loss <= min(step["total"] for step in result.history)
+    assert result.image.shape == (1, 3, 32, 32)
+    assert result.image.min() >= 0.0 and result.image.max() <= 1.0
+
+
+def test_random_init_moves_toward_the_style(model) -> None:
+    result = run_short(model, init="random", content_weight=0.0, steps=10)
+    first, last = result.history[0], result.history[-1]
+    for layer in STYLE_LAYERS:
+        assert last[f"style:{layer}"] < first[f"style:{layer}"]
+
+
+def test_lbfgs_closure_calls_are_counted(model) -> None:
+    assert run_short(model, optimizer="lbfgs", steps=3).closure_calls == 3  # one pass per step by default
+    many = run_short(model, optimizer="lbfgs", steps=2, optimizer_options={"max_iter": 4})
+    assert many.steps == 2 and many.closure_calls == 8
+
+
+def test_every_step_reports_each_loss_term(model) -> None:
+    steps = list(style_transfer(model, smooth_image(1), image(2, size=48), steps=4, optimizer="adam"))
+    content_layer, style_layers = DEFAULT_LAYERS["glyphnet"]
+    names = {f"content:{content_layer}", "total variation", *(f"style:{layer}" for layer in style_layers)}
+    assert [p.step for p in steps] == [1, 2, 3, 4]
+    for progress in steps:
+        assert set(progress.losses) == names
+        assert sum(progress.losses.values()) == pytest.approx(progress.loss, rel=1e-5)
+
+
+def test_weights_have_their_effect(model) -> None:
+    smooth = run_short(model, tv_weight=100.0, optimizer="adam")
+    rough = run_short(model, tv_weight=0.0, optimizer="adam")
+    assert "total variation" not in rough.history[-1]
+
+    def mean_squared_step(pixels: torch.Tensor) -> float:
+        return float((pixels[..., 1:, :] - pixels[..., :-1, :]).pow(2).mean())
+
+    assert mean_squared_step(smooth.image) < mean_squared_step(rough.image)
+    styled = run_short(model, style_weights=[10.0, 10.0, 10.0], optimizer="adam")
+    plain = run_short(model, style_weights=[0.1, 0.1, 0.1], optimizer="adam")
+    assert styled.history[-1]["style:conv1"] / 10.0 < plain.history[-1]["style:conv1"] / 0.1
+
+
+def test_same_seed_same_image_other_seed_differs(model) -> None:
+    first = run_short(model, init="random", seed=3, steps=3)
+    again = run_short(model, init="random", seed=3, steps=3)
+    other = run_short(model, init="random", seed=4, steps=3)
+    assert torch.equal(first.image, again.image)
+    assert not torch.equal(first.image, other.image)
+
+
+def test_hooks_removed_and_model_unchanged_after_run_and_after_error(model) -> None:
+    probe = image(7, size=64).requires_grad_(True)
+    model(probe)[0, 3].backward()
+    gradient_before = probe.grad.clone()
+    parameters_before = [p.clone() for p in model.network.parameters()]
+
+    run_short(model, steps=2)
+    assert not has_hooks(model.network)
+
+    def fail(progress: object) -> bool:
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        run_short(model, steps=2, should_stop=fail)
+    with pytest.raises(ValueError, match=r"'fc1' has no spatial positions.*convolutional layers"):
+        style_transfer(model, image(1, size=64), image(2, size=64), style_layers=["conv1", "fc1"])
+    assert not has_hooks(model.network)
+
+    probe.grad = None
+    model(probe)[0, 3].backward()
+    assert torch.equal(probe.grad, gradient_before)
+    assert all(torch.equal(a, b) for a, b in zip(parameters_before, model.network.parameters(), strict=True))
+    assert not model.network.training
+    assert not any(p.requires_grad for p in model.network.parameters())
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"style_layers": ["conv1", "conv9"]}, ValueError, "Unknown layer 'conv9'.*Did you mean"),
+        ({"content_layer": "conv5"}, ValueError, "Unknown layer 'conv5'"),
+        ({"style_weights": [1.0, -1.0, 1.0]}, ValueError, r"style weight of 'conv2' must be a number in \[0, inf\)"),
+        ({"style_weights": [1.0, 1.0]}, ValueError, "2 value.*3 style layers.*one weight per layer"),
+        ({"style_weights": 2.0}, TypeError, "list of numbers, one per style layer"),
+        ({"style_layers": []}, ValueError, "non-empty list"),
+        ({"style_layers": "conv1"}, ValueError, "non-empty list"),
+        ({"style_layers": ["conv1", "conv1"]}, ValueError, "more than once"),
+        ({"content_weight": -1.0}, ValueError, "content_weight must be"),
+        ({"tv_weight": -0.5}, ValueError, "tv_weight must be"),
+        ({"content_weight": 0.0, "style_weights": [0.0, 0.0, 0.0]}, ValueError, "nothing to optimize"),
+        ({"optimizer": "lbgfs"}, ValueError, "Unknown optimizer 'lbgfs'.*Did you mean 'lbfgs'"),
+        ({"init": "noise"}, ValueError, "Unknown init 'noise'.*content, random"),
+        ({"steps": -1}, ValueError, "steps must be"),
+        ({"seed": -1}, ValueError, "seed must be"),
+    ],
+)
+def test_bad_options_raise_errors_that_say_what_to_do(model, options: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        run_short(model, **options)
     assert not has_hooks(model.network)
 
 
-def test_layer_features_keep_the_graph_and_remove_hooks_on_error(random_glyphnet: viztools.VizModel) -> None:
-    pixels = torch.rand(1, 3, 64, 64, requires_grad=True)
-    features = layer_features(random_glyphnet, pixels, ["conv1"])
-    features["conv1"].sum().backward()
-    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="Unknown layer 'conv9'"):
-        layer_features(random_glyphnet, pixels, ["conv1", "conv9"])
-    with pytest.raises(ValueError, match="shape"):
-        layer_features(random_glyphnet, torch.rand(1, 4, 64, 64), ["conv1"])
-    assert not has_hooks(random_glyphnet.network)
+def test_bad_images_raise_errors_that_say_what_to_do(model) -> None:
+    with pytest.raises(ValueError, match=r"content must have shape \(1, 3, H, W\)"):
+        style_transfer(model, torch.rand(1, 4, 64, 64), image(2))
+    with pytest.raises(ValueError, match="style must hold a single image"):
+        style_transfer(model, image(1), torch.rand(2, 3, 64, 64))
+    with pytest.raises(TypeError, match=r"content must be a torch\.Tensor"):
+        style_transfer(model, "cat", image(2))
+    with pytest.raises(ValueError, match=r"style image \(4x4 px\).*larger image"):
+        style_transfer(model, image(1), image(2, size=4))
+    with pytest.raises(ValueError, match=r"style image \(40x40 px\).*'fc1'.*exactly the input size \(64 px\)"):
+        style_transfer(model, image(1), image(2, size=40), style_layers=["conv1", "fc1"])
+    assert not has_hooks(model.network)
 
 
-def test_default_layers_come_from_the_table_or_from_model_layers(random_glyphnet: viztools.VizModel) -> None:
-    assert default_layers(random_glyphnet) == ("conv3", ("conv1", "conv2", "conv3", "conv4"))
+def test_default_layers_come_from_the_table_or_from_model_layers(model) -> None:
+    assert default_layers(model) == ("conv3", ("conv1", "conv2", "conv3", "conv4"))
     network = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 2),
@@ -141,3 +281,17 @@ def test_default_layers_come_from_the_table_or_from_model_layers(random_glyphnet
         layers={"c1": "1", "c2": "3", "pool": "4", "c3": "6", "fc": "8"},
     )
     assert default_layers(tiny) == ("c2", ("c1", "c2", "c3"))
+    assert not has_hooks(network)
+
+
+@pytest.mark.slow
+def test_imagenet_squeezenet_paints_the_cat_in_the_texture(imagenet_squeezenet) -> None:
+    content = viztools.load_image("cat", 96)
+    style = viztools.load_image("stained_cells", 128)
+    result = style_transfer(imagenet_squeezenet, content, style, steps=15).result()
+    first, best = result.history[0], result.loss
+    assert best < 0.5 * first["total"]
+    for layer in DEFAULT_LAYERS["squeezenet1_0"][1]:
+        assert result.history[-1][f"style:{layer}"] < first[f"style:{layer}"]
+    assert result.image.shape == content.shape
+    assert not has_hooks(imagenet_squeezenet.network)

@@ -3,34 +3,46 @@ CVPR 2016); lecture notebook ``08_neural_style``.
 
 An image is optimized so that its features at one layer match the *content* image's, and the Gram matrices of
 its features at several layers match the *style* image's. A Gram matrix records which channels fire together,
-averaged over positions: it keeps texture and colour statistics and forgets where things are.
+averaged over positions: it keeps texture and colour statistics and forgets where things are. The optimization
+is the shared loop of :mod:`viztools.optimize`: the losses here are objectives (maximized, so they enter
+negated) plus its :class:`~viztools.optimize.TotalVariation` regularizer.
 
 Normalization (implementations differ, so weights do not transfer between them):
 
-- ``gram_matrix`` divides by the number of positions ``H*W`` (Gatys's convention): the Gram is the mean outer
-  product of the C-dimensional fibers, so it does not depend on image size and content and style images may
-  have different sizes.
-- Each loss term is a *relative* squared error: ``||G(x) - G(style)||^2 / ||G(style)||^2`` per style layer and
-  ``||F(x) - F(content)||^2 / ||F(content)||^2`` for content. A value of 1 means "as far off as a black image
-  would be"; the scale of a layer's activations cancels, so equal per-layer weights are a sensible default and
-  weights carry over between models and image sizes. Gatys's per-layer loss ``E_l`` (unnormalized Gram,
-  factor ``1/(4 N_l^2 M_l^2)``) equals ours times ``||G(style)||^2 / (4 C_l^2)`` with our Gram, so a Gatys
-  weight ``w_l`` corresponds to ours times that constant.
+- :func:`gram_matrix` divides by the number of positions ``H*W``: the Gram is the *mean* outer product of the
+  C-dimensional fibers, so it does not depend on image size and the style image may be larger or smaller than
+  the content image.
+- Each loss is a *relative* squared error, like :class:`~viztools.optimize.FeatureMatch`:
+  ``||G(x) - G(style)||^2 / ||G(style)||^2`` per style layer and ``||F(x) - F(content)||^2 / ||F(content)||^2``
+  for content. 0 is a perfect match and 1 is as far off as an all-zero feature map. The scale of a layer's
+  activations cancels, so equal per-layer weights are a sensible default and weights carry over between models
+  and image sizes. Gatys's per-layer loss ``E_l`` (unnormalized Gram, factor ``1 / (4 N_l^2 M_l^2)``) equals
+  ours times ``||G(style)||^2 / (4 C_l^2)`` with our Gram, so a Gatys weight ``w_l`` is ours divided by that.
+- ``tv_weight`` multiplies the *mean* squared difference of neighbouring pixel values, so it does not depend
+  on the image size either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack, suppress
 
 import torch
 
-from viztools._validation import check_float
-from viztools.hooks import attach
+from viztools._validation import check_choice, check_float, check_image, check_int
 from viztools.models import VizModel
+from viztools.optimize import (
+    Activations,
+    FeatureMatch,
+    Objective,
+    Optimization,
+    Progress,
+    TotalVariation,
+    forward_activations,
+    optimize,
+)
 
-#: Default (content layer, style layers) per registered model, after Gatys et al. (VGG) and the CS231n
-#: assignment (SqueezeNet: content fire2, style conv1/fire3/fire4/fire5). Other models: see default_layers.
+#: Default ``(content layer, style layers)`` of the registered models, after Gatys et al. (VGG: conv4_2 and
+#: conv1_1 ... conv5_1) and the CS231n assignment (SqueezeNet: fire2, and conv1, fire3, fire4, fire5).
 DEFAULT_LAYERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "glyphnet": ("conv3", ("conv1", "conv2", "conv3", "conv4")),
     "squeezenet1_0": ("fire2", ("conv1", "fire3", "fire4", "fire5")),
@@ -40,17 +52,23 @@ DEFAULT_LAYERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "googlenet": ("inception3b", ("conv1", "conv3", "inception3a", "inception4a")),
 }
 
-#: Guards the relative losses against an all-zero target (e.g. a black image at a ReLU layer).
+INITS = ("content", "random")
+OPTIMIZERS = ("lbfgs", "adam")
+#: Step sizes that work for pixels in [0, 1]: L-BFGS takes full quasi-Newton steps, Adam moves each pixel by
+#: about ``lr`` per step.
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+
+#: Guards the relative losses against an all-zero target (e.g. a black style image at a ReLU layer).
 _EPS = 1e-12
 
 
 def gram_matrix(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Gram matrices ``(N, C, C)`` of features ``(N, C, H, W)`` (Gatys et al. 2016, eq. 3).
 
-    Entry ``(i, j)`` is the sum over the ``H*W`` positions of ``F[i, p] * F[j, p]``: the inner products of
-    channels, i.e. the sum of the outer products of the C-dimensional fibers ``F[:, p]``. With
+    Entry ``(i, j)`` sums ``F[i, p] * F[j, p]`` over the ``H*W`` positions ``p``: the inner product of channels
+    ``i`` and ``j``, or equivalently the sum of the outer products of the C-dimensional fibers ``F[:, p]``. With
     ``normalize=True`` (our convention) it is divided by ``H*W``, giving the *mean* outer product of the fibers,
-    which is the same for a texture and a larger crop of it.
+    which is the same for a texture and a larger piece of it.
     """
     if not isinstance(features, torch.Tensor) or features.dim() != 4:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
@@ -64,34 +82,19 @@ def gram_matrix(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     return gram / (height * width) if normalize else gram
 
 
-def relative_squared_error(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``||value - target||^2 / ||target||^2`` per batch item, shape ``(N,)``: 0 at the target, 1 at zero."""
-    if value.shape[1:] != target.shape[1:]:
-        raise ValueError(
-            f"Cannot compare features of shape {tuple(value.shape)} with a target of shape {tuple(target.shape)}; "
-            "content features are compared position by position, so the image must have the content image's size."
-        )
-    dims = tuple(range(1, value.dim()))
-    squared_error = (value - target).pow(2).sum(dim=dims)
-    return squared_error / target.pow(2).sum(dim=dims).clamp_min(_EPS)
-
-
-def content_loss(features: torch.Tensor, target_features: torch.Tensor) -> torch.Tensor:
-    """Content loss (Gatys et al. 2016, eq. 1), relative: ``||F - P||^2 / ||P||^2`` per image, shape ``(N,)``.
-
-    ``features`` are the layer's activations for the image being optimized, ``target_features`` those of the
-    content image (same spatial size: content is matched position by position).
-    """
-    return relative_squared_error(features, target_features)
-
-
 def style_layer_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
-    """Style loss of one layer (Gatys et al. 2016, eq. 4), relative: ``||G - A||^2 / ||A||^2``, shape ``(N,)``.
+    """Style loss of one layer (Gatys et al. 2016, eq. 4), relative: ``||G - A||^2 / ||A||^2`` (a scalar).
 
-    ``features`` ``(N, C, H, W)`` of the image being optimized; ``target_gram`` ``(1 or N, C, C)`` is the
-    (normalized) Gram matrix of the style image at the same layer, which may come from an image of another size.
+    ``features`` ``(1, C, H, W)`` are the layer's activations for the image being optimized; ``target_gram``
+    ``(1, C, C)`` is the normalized Gram matrix of the style image at that layer (any image size).
     """
-    return relative_squared_error(gram_matrix(features), target_gram)
+    gram = gram_matrix(features)
+    if gram.shape[1:] != target_gram.shape[1:]:
+        raise ValueError(
+            f"The Gram matrix of features {tuple(features.shape)} is {tuple(gram.shape)} but the target Gram is "
+            f"{tuple(target_gram.shape)}; compute the target at the same layer of the same model."
+        )
+    return (gram - target_gram).pow(2).sum() / target_gram.pow(2).sum().clamp_min(_EPS)
 
 
 def style_loss(
@@ -99,90 +102,226 @@ def style_loss(
     target_grams: Mapping[str, torch.Tensor],
     weights: Mapping[str, float],
 ) -> dict[str, torch.Tensor]:
-    """Weighted style loss of each layer (Gatys et al. 2016, eq. 5 before the sum): ``{layer: w_l * E_l}``.
+    """Weighted style loss of each layer, ``{layer: w_l * E_l}`` (Gatys et al. 2016, eq. 5 before the sum).
 
     The total style loss is the sum of the values; keeping them apart lets a widget plot every layer.
     """
     missing = [layer for layer in weights if layer not in features or layer not in target_grams]
     if missing:
-        raise ValueError(f"No features or target Gram matrix for style layer(s) {missing}; pass both for every layer.")
+        raise ValueError(f"No features or target Gram matrix for style layer(s) {missing}; pass both for each layer.")
     return {layer: weight * style_layer_loss(features[layer], target_grams[layer]) for layer, weight in weights.items()}
 
 
-def total_variation(pixels: torch.Tensor) -> torch.Tensor:
-    """Total-variation penalty: mean squared difference of neighbouring pixels (down and right), shape ``(N,)``.
+class GramMatch(Objective):
+    """Match the Gram matrices of several layers to targets: the style term of Gatys et al. 2016.
 
-    Mahendran & Vedaldi 2015 (used by Johnson et al. and CS231n for style transfer) penalize it to suppress
-    high-frequency noise. The mean (not the sum) keeps its weight independent of the image size.
+    Maximizes ``-sum_l w_l * ||G_l(x) - A_l||^2 / ||A_l||^2`` and reports one term per layer, named
+    ``"style:<layer>"``, so the loop's progress carries every layer's loss.
     """
-    down = (pixels[:, :, 1:, :] - pixels[:, :, :-1, :]).pow(2).mean(dim=(1, 2, 3))
-    right = (pixels[:, :, :, 1:] - pixels[:, :, :, :-1]).pow(2).mean(dim=(1, 2, 3))
-    return down + right
+
+    def __init__(self, target_grams: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> None:
+        if set(weights) != set(target_grams):
+            raise ValueError(
+                f"GramMatch needs one weight per target Gram matrix; got weights for {sorted(weights)} and targets "
+                f"for {sorted(target_grams)}."
+            )
+        self.target_grams = {layer: gram.detach() for layer, gram in target_grams.items()}
+        self.weights = {layer: check_float(w, f"style weight of {layer!r}", low=0.0) for layer, w in weights.items()}
+        super().__init__("style", list(target_grams))
+
+    def terms(self, activations: Activations) -> dict[str, torch.Tensor]:
+        losses = style_loss(activations, self.target_grams, self.weights)
+        return {f"style:{layer}": -loss for layer, loss in losses.items()}
+
+    def value(self, activations: Activations) -> torch.Tensor:
+        return sum(self.terms(activations).values())
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Features: one forward pass that stops after the deepest layer needed
-# --------------------------------------------------------------------------------------------------------------
+class ContentMatch(FeatureMatch):
+    """The content term of Gatys et al. 2016 (eq. 1): a relative :class:`FeatureMatch`, named ``"content:<layer>"``."""
 
-
-class _EnoughLayersError(Exception):
-    """Raised by a forward hook once every requested layer is recorded, to skip the rest of the network."""
-
-
-def layer_features(model: VizModel, pixels: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Activations of ``layers`` for ``pixels``, from one forward pass that stops once all of them are recorded.
-
-    The later layers and the classifier never run. The outputs stay in the autograd graph (wrap the call in
-    ``torch.no_grad()`` for targets). Hooks are attached only for the duration of the call.
-    """
-    paths = {name: model.layer_path(name) for name in layers}
-    pending = set(paths.values())
-    recorded: dict[str, torch.Tensor] = {}
-
-    def recorder(path: str) -> Callable[..., None]:
-        def hook(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if path in pending:
-                recorded[path] = output
-                pending.discard(path)
-                if not pending:
-                    raise _EnoughLayersError
-
-        return hook
-
-    with ExitStack() as stack:
-        for path in set(paths.values()):
-            stack.enter_context(attach(model.network.get_submodule(path), forward=recorder(path)))
-        with suppress(_EnoughLayersError):
-            model(pixels)
-    if pending:
-        unused = [name for name, path in paths.items() if path in pending]
-        raise ValueError(f"Layer(s) {unused} did not run in the model's forward pass; choose layers from model.layers.")
-    return {name: recorded[path] for name, path in paths.items()}
+    def __init__(self, layer: str, target_features: torch.Tensor) -> None:
+        super().__init__(layer, target_features)
+        self.name = f"content:{layer}"
 
 
 def default_layers(model: VizModel) -> tuple[str, tuple[str, ...]]:
     """The default ``(content_layer, style_layers)`` for ``model``.
 
-    Registered models use :data:`DEFAULT_LAYERS`. For any other model, the style layers are the entries of
-    ``model.layers`` whose output has spatial positions (not pools), and the content layer is the middle one.
+    Registered models use :data:`DEFAULT_LAYERS`. For other models the style layers are the entries of
+    ``model.layers`` whose outputs have spatial positions (pools left out), and the content layer is the middle one.
     """
-    if model.name in DEFAULT_LAYERS and all(
-        layer in model.layers for layer in (DEFAULT_LAYERS[model.name][0], *DEFAULT_LAYERS[model.name][1])
-    ):
-        return DEFAULT_LAYERS[model.name]
-    size = model.input_size
+    if model.name in DEFAULT_LAYERS:
+        content_layer, style_layers = DEFAULT_LAYERS[model.name]
+        if all(layer in model.layers for layer in (content_layer, *style_layers)):
+            return content_layer, style_layers
+    probe = torch.zeros(1, 3, model.input_size, model.input_size)
     with torch.no_grad():
-        shapes = {name: tuple(f.shape) for name, f in layer_features(model, torch.zeros(1, 3, size, size),
-                                                                    list(model.layers)).items()}
-    spatial = [name for name, shape in shapes.items() if len(shape) == 4]
+        activations = forward_activations(model, probe, list(model.layers))
+    spatial = [name for name in model.layers if name in activations and activations[name].dim() == 4]
     style_layers = [name for name in spatial if not name.startswith("pool")] or spatial
     if not style_layers:
         raise ValueError(
             f"Model {model.name!r} has no named layer with spatial feature maps; pass content_layer= and "
-            "style_layers= with dotted module paths of convolutional layers."
+            "style_layers= (dotted module paths of convolutional layers)."
         )
     return style_layers[len(style_layers) // 2], tuple(style_layers)
 
 
-def _check_weight(value: object, name: str) -> float:
-    return check_float(value, name, low=0.0)
+def style_transfer_objective(
+    model: VizModel,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    *,
+    content_layer: str | None = None,
+    style_layers: Sequence[str] | None = None,
+    style_weights: Sequence[float] | None = None,
+    content_weight: float = 1.0,
+) -> Objective:
+    """``content_weight * ContentMatch + GramMatch`` with targets computed once from the two images.
+
+    Layers default to :func:`default_layers`; ``style_weights`` (one per style layer, default 1 each) scale the
+    per-layer relative style losses. Content and style images may have different sizes.
+    """
+    content = check_image(content, "content")
+    style = check_image(style, "style")
+    default_content, default_style = default_layers(model)
+    content_layer = default_content if content_layer is None else content_layer
+    style_layers = list(default_style if style_layers is None else _check_layer_list(style_layers))
+    weights = _style_weights(style_layers, style_weights)
+    content_weight = check_float(content_weight, "content_weight", low=0.0)
+    if content_weight == 0 and not any(weights.values()):
+        raise ValueError("content_weight and every style weight are 0: nothing to optimize. Make one positive.")
+    for layer in (content_layer, *style_layers):
+        model.layer_path(layer)  # a helpful ValueError for unknown layers
+    with torch.no_grad():
+        content_features = _target_activations(model, content, [content_layer], "content")[content_layer]
+        style_features = _target_activations(model, style, style_layers, "style")
+    grams = {}
+    for layer in style_layers:
+        if style_features[layer].dim() != 4:
+            raise ValueError(
+                f"Style layer {layer!r} has no spatial positions (output shape {tuple(style_features[layer].shape)}),"
+                " so it has no Gram matrix. Choose convolutional layers from model.layers."
+            )
+        grams[layer] = gram_matrix(style_features[layer])
+    return content_weight * ContentMatch(content_layer, content_features) + GramMatch(grams, weights)
+
+
+def style_transfer(
+    model: VizModel,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    *,
+    content_layer: str | None = None,
+    style_layers: Sequence[str] | None = None,
+    style_weights: Sequence[float] | None = None,
+    content_weight: float = 1.0,
+    tv_weight: float = 1.0,
+    optimizer: str = "lbfgs",
+    steps: int = 100,
+    lr: float | None = None,
+    init: str = "content",
+    seed: int | None = 0,
+    optimizer_options: Mapping[str, object] | None = None,
+    every: int = 1,
+    time_budget: float | None = None,
+    should_stop: Callable[[Progress], bool] | None = None,
+) -> Optimization:
+    """Neural style transfer (Gatys et al. 2016; lecture ``08_neural_style``): paint ``content`` in ``style``.
+
+    Minimizes ``content_weight * content + sum_l w_l * style_l + tv_weight * TV`` (relative losses, see the
+    module docstring) over the pixels with the shared loop of :mod:`viztools.optimize`.
+
+    Args:
+        model: a :class:`VizModel`; only the layers up to the deepest one used run at each step.
+        content, style: pixel images ``(1, 3, H, W)`` in [0, 1]; their sizes may differ. The result has the
+            content image's size.
+        content_layer, style_layers: ``model.layers`` names (default: :func:`default_layers`).
+        style_weights: one non-negative weight per style layer (default 1 each).
+        content_weight, tv_weight: weights of the content loss and of the total-variation penalty (mean squared
+            difference of neighbouring pixels).
+        optimizer: ``"lbfgs"`` (Gatys et al.) or ``"adam"`` (CS231n). Pixels are clamped to [0, 1] after every
+            step, and the network sees clamped pixels inside the step too, so L-BFGS never models pixel values
+            it cannot keep. One L-BFGS step is one iteration without line search, i.e. one forward/backward
+            pass (a strong-Wolfe line search stalls against the clamp). ``optimizer_options`` go to the torch
+            optimizer (e.g. ``{"max_iter": 20}``: 20 passes per step, all counted in ``closure_calls``).
+        steps, lr: number of optimizer steps; step size (default :data:`DEFAULT_LR`).
+        init: start from the ``"content"`` image or from ``"random"`` uniform noise drawn with ``seed``.
+        every, time_budget, should_stop: passed to :func:`viztools.optimize.optimize`.
+
+    Returns:
+        An :class:`~viztools.optimize.Optimization`: iterate it for :class:`~viztools.optimize.Progress` records
+        (``progress.losses`` holds ``"content:<layer>"``, one ``"style:<layer>"`` per style layer and ``"total
+        variation"``), or call ``.result()`` for the best image.
+    """
+    content = check_image(content, "content")
+    objective = style_transfer_objective(
+        model, content, style, content_layer=content_layer, style_layers=style_layers,
+        style_weights=style_weights, content_weight=content_weight,
+    )
+    tv_weight = check_float(tv_weight, "tv_weight", low=0.0)
+    optimizer = check_choice(optimizer, "optimizer", OPTIMIZERS)
+    init = check_choice(init, "init", INITS)
+    lr = DEFAULT_LR[optimizer] if lr is None else lr
+    seed = None if seed is None else check_int(seed, "seed", low=0)
+    if init == "content":
+        start = content.detach().clone()
+    else:
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        start = torch.rand(content.shape, generator=generator)
+    # TotalVariation sums over pixel pairs; dividing by the number of values makes tv_weight act on the mean.
+    regularizers = [TotalVariation(tv_weight / content.numel())] if tv_weight > 0 else []
+    return optimize(
+        model, start, objective, steps=steps, optimizer=optimizer, lr=lr, regularizers=regularizers,
+        transforms=[_clamp_pixels],
+        optimizer_options=optimizer_options, every=every, time_budget=time_budget, should_stop=should_stop, seed=seed,
+    )
+
+
+def _clamp_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """The pixels the network sees: clamped to [0, 1] (no gradient pushes a pixel further out of range)."""
+    return pixels.clamp(0.0, 1.0)
+
+
+def _check_layer_list(layers: object) -> list[str]:
+    if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+        raise ValueError(
+            f"style_layers must be a non-empty list of layer names, e.g. ['conv1', 'conv2']; got {layers!r}."
+        )
+    duplicates = sorted({layer for layer in layers if list(layers).count(layer) > 1})
+    if duplicates:
+        raise ValueError(f"style_layers lists {duplicates} more than once; give each layer once (weights add up).")
+    return list(layers)
+
+
+def _style_weights(style_layers: Sequence[str], style_weights: Sequence[float] | None) -> dict[str, float]:
+    if style_weights is None:
+        return dict.fromkeys(style_layers, 1.0)
+    if isinstance(style_weights, (str, Mapping)) or not isinstance(style_weights, Sequence):
+        raise TypeError(f"style_weights must be a list of numbers, one per style layer; got {style_weights!r}.")
+    if len(style_weights) != len(style_layers):
+        raise ValueError(
+            f"style_weights has {len(style_weights)} value(s) but there are {len(style_layers)} style layers "
+            f"({', '.join(style_layers)}); give one weight per layer."
+        )
+    return {
+        layer: check_float(weight, f"style weight of {layer!r}", low=0.0)
+        for layer, weight in zip(style_layers, style_weights, strict=True)
+    }
+
+
+def _target_activations(model: VizModel, pixels: torch.Tensor, layers: Sequence[str], what: str) -> Activations:
+    try:
+        return forward_activations(model, pixels, layers)
+    except RuntimeError as error:
+        height, width = pixels.shape[-2:]
+        raise ValueError(
+            f"The {what} image ({height}x{width} px) could not pass through {model.name!r} up to layer(s) "
+            f"{list(layers)}: {error}. Use a larger image (e.g. viztools.load_image(..., size=model.input_size)); "
+            f"layers after a flatten need exactly the input size ({model.input_size} px): choose convolutional ones."
+        ) from error
