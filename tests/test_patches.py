@@ -257,6 +257,11 @@ def test_bad_arguments_raise_clear_errors(random_glyphnet: VizModel, tmp_path) -
         top_activating_patches(random_glyphnet, tmp_path, "conv1", 0)
     with pytest.raises(ValueError, match="empty"):
         ImageSource(torch.rand(0, 3, 8, 8))
+    mixed = [torch.rand(3, 64, 64), torch.rand(3, 64, 64), torch.rand(3, 48, 48)]
+    with pytest.raises(ValueError, match=r"same size; image 2 is \(48, 48\)"):
+        top_activating_patches(random_glyphnet, mixed, "conv1", 0, k=2, batch_size=2)
+    with pytest.raises(ValueError, match="same size"):
+        top_activating_patches(random_glyphnet, mixed, "conv1", 0, k=2, batch_size=3)
 
 
 def test_leaves_no_hooks_and_unchanged_gradients(random_glyphnet: VizModel) -> None:

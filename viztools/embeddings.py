@@ -253,7 +253,8 @@ def tsne_grid_image(embedding: Embedding, grid: TsneGrid, *, frame: int = 2) -> 
 
 def plot_tsne(embedding: Embedding, *, ax: plt.Axes | None = None, point_size: float = 12.0) -> Figure:
     """Scatter the t-SNE map, coloured by class with a legend of class names (one colour without labels)."""
-    if ax is None:
+    created = ax is None
+    if created:
         _, ax = plt.subplots(figsize=(7.5, 6))
     x, y = embedding.coordinates[:, 0], embedding.coordinates[:, 1]
     if embedding.labels is None:
@@ -269,7 +270,8 @@ def plot_tsne(embedding: Embedding, *, ax: plt.Axes | None = None, point_size: f
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_aspect("equal", adjustable="datalim")
-    ax.figure.tight_layout()
+    if created:
+        ax.figure.tight_layout()
     return ax.figure
 
 

@@ -307,6 +307,9 @@ def _running_top_k(
     map_shape: tuple[int, ...] = ()
     image_shape = (0, 0)
     for start, pixels, _ in source.batches(batch_size):
+        if start and tuple(pixels.shape[2:]) != image_shape:
+            raise ValueError(f"All images must have the same size; image {start} is {tuple(pixels.shape[2:])}, "
+                             f"earlier ones {image_shape}. Resize them (viztools.load_image(..., size=...)).")
         activations = layer_output(model, pixels, layer)
         map_shape, image_shape = tuple(activations.shape[2:]), tuple(pixels.shape[2:])
         values, flat_positions = _channel_values(activations, channels, position, layer)
