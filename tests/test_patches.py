@@ -283,7 +283,8 @@ def test_plots_draw_the_patches(random_glyphnet: VizModel) -> None:
     assert np.allclose(image[:7, :7], results[0].patches[0].permute(1, 2, 0).numpy())
     figure = plot_patches_grid(results)
     labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
-    assert labels == ["channel 0", "channel 5"]
+    assert labels == [f"channel {r.channel}\nbest {float(r.values[0]):.2f}" for r in results]
+    assert labels[1].startswith("channel 5\n")
     assert figure.axes[0].get_images()[0].get_array().shape == (2 * 7 + 1, 4 * 7 + 3, 3)
     plt.close("all")
 

@@ -433,7 +433,11 @@ def plot_patches(result: PatchesResult, *, columns: int | None = None, ax: plt.A
 
 
 def plot_patches_grid(results: Sequence[PatchesResult], *, ax: plt.Axes | None = None) -> Figure:
-    """Draw several channels' top patches: one row per channel, best patch on the left (the lecture's slide)."""
+    """Draw several channels' top patches: one row per channel, best patch on the left (the lecture's slide).
+
+    Each row is labelled with its best activation: a channel whose best is 0 never fired on these images (a
+    "dead" ReLU), and its "patches" are just each image's first position.
+    """
     if not results:
         raise ValueError("results is empty; pass the list returned by top_activating_patches_grid(...).")
     mosaic, cell = _patch_mosaic([result.patches for result in results])
@@ -442,7 +446,7 @@ def plot_patches_grid(results: Sequence[PatchesResult], *, ax: plt.Axes | None =
         _, ax = plt.subplots(figsize=(1.0 * k + 1.0, 1.0 * len(results) + 0.6))
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_yticks([r * (cell + 1) + (cell - 1) / 2 for r in range(len(results))],
-                  [f"channel {result.channel}" for result in results], fontsize=8)
+                  [f"channel {result.channel}\nbest {float(result.values[0]):.2f}" for result in results], fontsize=8)
     ax.set_xticks([c * (cell + 1) + (cell - 1) / 2 for c in range(k)], [str(c + 1) for c in range(k)], fontsize=8)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
