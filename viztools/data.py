@@ -95,7 +95,8 @@ def _as_rgb_uint8(array: np.ndarray, what: str) -> np.ndarray:
     array = array[..., :3]
     if np.issubdtype(array.dtype, np.floating):
         if array.size and (np.nanmin(array) < 0 or np.nanmax(array) > 1):
-            raise ValueError(f"{what}: a float image must have values in [0, 1]; got [{array.min():g}, {array.max():g}].")
+            low, high = float(np.nanmin(array)), float(np.nanmax(array))
+            raise ValueError(f"{what}: a float image must have values in [0, 1]; got [{low:g}, {high:g}].")
         array = np.round(array * 255)
     return np.ascontiguousarray(array.astype(np.uint8))
 
@@ -140,6 +141,8 @@ def _to_pixels(source: object) -> torch.Tensor:
             f"Cannot make an image from {type(source).__name__}. Pass an example name, a file path, a PIL image, "
             "a numpy array (H, W, 3) or a tensor (3, H, W) in [0, 1]."
         )
+    if not array.flags.writeable:
+        array = array.copy()
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
 

@@ -8,7 +8,7 @@ generates the same images, which is what lets graded exercises give identical re
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ def _font_path() -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 
 
-@lru_cache(maxsize=None)
+@cache
 def glyph_mask(name: str, resolution: int = 192) -> Image.Image:
     """The glyph of class ``name`` as a tightly cropped greyscale coverage mask (mode ``"L"``)."""
     font = ImageFont.truetype(str(_font_path()), resolution)
@@ -52,7 +52,7 @@ def glyph_mask(name: str, resolution: int = 192) -> Image.Image:
     return canvas.crop(canvas.getbbox())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _background(name: str) -> np.ndarray:
     from viztools.data import example_image
 

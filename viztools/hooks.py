@@ -6,6 +6,7 @@ when the body raises (as Captum does with try/finally); hooks left behind slow e
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -95,7 +96,7 @@ def get_activations(model: VizModel, pixels: torch.Tensor, layers: Sequence[str]
 # --------------------------------------------------------------------------------------------------------------
 
 
-class _StopForward(Exception):
+class _StopForwardError(Exception):
     pass
 
 
@@ -136,13 +137,10 @@ def _field_mask(model: VizModel, path: str, position: tuple[int, int], size: int
 
     def stop(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         captured["output"] = output
-        raise _StopForward
+        raise _StopForwardError
 
-    with attach(probe.get_submodule(path), forward=stop):
-        try:
-            probe(pixels)
-        except _StopForward:
-            pass
+    with attach(probe.get_submodule(path), forward=stop), contextlib.suppress(_StopForwardError):
+        probe(pixels)
     output = captured["output"]
     if output.dim() != 4:
         raise ValueError(
@@ -205,7 +203,7 @@ def receptive_field_geometry(model: VizModel, layer: str, *, max_size: int = 102
         height = layer_output_shape(model, path, size)[1]
         center = height // 2
         rows = torch.nonzero(_field_mask(model, path, (center, center), size).any(dim=1)).flatten()
-        if 0 < int(rows[0]) and int(rows[-1]) < size - 1 and center + 1 < height:
+        if int(rows[0]) > 0 and int(rows[-1]) < size - 1 and center + 1 < height:
             break
         if size * 2 > max_size:
             raise ValueError(
@@ -214,4 +212,5 @@ def receptive_field_geometry(model: VizModel, layer: str, *, max_size: int = 102
         size *= 2
     next_rows = torch.nonzero(_field_mask(model, path, (center + 1, center + 1), size).any(dim=1)).flatten()
     stride = int(next_rows[0]) - int(rows[0])
-    return ReceptiveFieldGeometry(size=int(rows[-1] - rows[0]) + 1, stride=stride, offset=int(rows[0]) - center * stride)
+    size_px = int(rows[-1] - rows[0]) + 1
+    return ReceptiveFieldGeometry(size=size_px, stride=stride, offset=int(rows[0]) - center * stride)

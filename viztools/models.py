@@ -142,7 +142,7 @@ class VizModel:
         k = check_int(k, "k", low=1, high=len(self.categories))
         probs = self.predict(check_image(pixels, "pixels"))[0]
         values, indices = probs.topk(k)
-        return [(int(i), self.categories[int(i)], float(v)) for v, i in zip(values, indices)]
+        return [(int(i), self.categories[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
 
 
 def prepare_network(network: nn.Module) -> nn.Module:
@@ -191,7 +191,7 @@ def _vgg16_layers() -> dict[str, str]:
     names = ["conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2", "pool2", "conv3_1", "conv3_2", "conv3_3",
              "pool3", "conv4_1", "conv4_2", "conv4_3", "pool4", "conv5_1", "conv5_2", "conv5_3", "pool5"]
     indices = [1, 3, 4, 6, 8, 9, 11, 13, 15, 16, 18, 20, 22, 23, 25, 27, 29, 30]
-    layers = {name: f"features.{i}" for name, i in zip(names, indices)}
+    layers = {name: f"features.{i}" for name, i in zip(names, indices, strict=True)}
     layers.update({"fc6": "classifier.1", "fc7": "classifier.4", "logits": "classifier.6"})
     return layers
 

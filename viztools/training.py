@@ -42,7 +42,7 @@ class TrainingReport:
     threads: int
 
 
-def _generate(n: int, seed: int, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _generate(n: int, seed: int, workers: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """GlyphWorld samples as uint8 pixels (to keep 30k images in ~400 MB) and labels, generated in parallel.
 
     Worker processes are spawned, not forked: forking after torch started its thread pool can deadlock.
@@ -53,7 +53,8 @@ def _generate(n: int, seed: int, workers: int) -> tuple[torch.Tensor, torch.Tens
     labels = torch.empty(n, dtype=torch.int64)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [pool.submit(make_glyphworld, min(chunk, n - start), seed, start=start) for start in starts]
-        for start, job in zip(starts, tqdm(jobs, desc=f"generating {n} GlyphWorld images", unit="k")):
+        bar = tqdm(jobs, desc=f"generating {n} GlyphWorld images", unit="k", disable=not progress)
+        for start, job in zip(starts, bar, strict=True):
             batch, batch_labels = job.result()
             images[start : start + len(batch)] = (batch * 255).round().to(torch.uint8)
             labels[start : start + len(batch)] = batch_labels
@@ -98,8 +99,8 @@ def train_glyphnet(
     epochs = check_int(epochs, "epochs", low=1)
     learning_rate = check_float(learning_rate, "learning_rate", low=0, low_inclusive=False)
     started = time.perf_counter()
-    images, labels = _generate(train_images, seed, workers)
-    held_out, held_out_labels = _generate(held_out_images, HELD_OUT_SEED, workers)
+    images, labels = _generate(train_images, seed, workers, progress)
+    held_out, held_out_labels = _generate(held_out_images, HELD_OUT_SEED, workers, progress)
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

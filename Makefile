@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine:  `make lab`  (install + open the course in JupyterLab)
+# and  `make test`  (install + run the whole test suite, lecture notebooks and browser test included).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# The shared ImageNet SqueezeNet weights, when present beside the repo, let lectures and tests use ImageNet.
+SHARED_WEIGHTS := $(abspath $(wildcard ../shared/weights))
+export VIZTOOLS_WEIGHTS_DIR ?= $(SHARED_WEIGHTS)
+PYTEST_ARGS ?=
+
+.PHONY: install lab test lint format browser-deps benchmarks exercises clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lab: install
+	$(VENV)/bin/jupyter lab lectures/00_getting_started.ipynb
+
+# Debian's Chromium for the browser test (Playwright's own browser download does not work offline).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+test: install browser-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/viztools build-exercises --check
+	$(PY) -m pytest tests lectures --nbval-lax --nbval-current-env --nbval-cell-timeout=600 $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+exercises: install
+	$(VENV)/bin/viztools build-exercises
+
+benchmarks: install
+	$(PY) benchmarks/bench_occlusion.py
+	$(PY) benchmarks/bench_style.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-output
