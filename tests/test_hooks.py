@@ -107,3 +107,15 @@ def test_receptive_field_errors(glyphnet):
         receptive_field(glyphnet, "fc1", (0, 0))
     with pytest.raises(ValueError, match="row must be an integer in \\[0, 15\\]"):
         receptive_field(glyphnet, "conv3", (16, 0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, layer, expected", [
+    ("alexnet", "conv1", (11, 4, -2)),  # 11x11, stride 4, padding 2
+    ("alexnet", "pool1", (19, 8, -2)),  # + 3x3 max pool, stride 2
+    ("googlenet", "conv1", (7, 2, -3)),  # 7x7, stride 2, padding 3 (a Sequential after the ReLU rewrite)
+])
+def test_receptive_fields_of_other_architectures(name, layer, expected):
+    model = viztools.load_model(name, weights="random")
+    geometry = receptive_field_geometry(model, layer)
+    assert (geometry.size, geometry.stride, geometry.offset) == expected
