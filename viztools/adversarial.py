@@ -99,14 +99,17 @@ class FoolingResult:
 
     @property
     def attacked_name(self) -> str:
+        """Class name of :attr:`attacked_class`."""
         return self.categories[self.attacked_class]
 
     @property
     def original_name(self) -> str:
+        """Class name the model predicts for the original."""
         return self.categories[self.original_prediction]
 
     @property
     def prediction_name(self) -> str:
+        """Class name the model predicts for the adversarial image."""
         return self.categories[self.prediction]
 
     def summary(self) -> str:
