@@ -226,6 +226,31 @@ def test_fooling_budget_stop_and_trivial_target(linear):
     assert run.result().steps == 1
 
 
+class InterruptOnce(nn.Module):
+    """Wraps a network; its ``at``-th forward pass raises KeyboardInterrupt (Ctrl-C / a notebook's stop button)."""
+
+    def __init__(self, network: nn.Module, at: int) -> None:
+        super().__init__()
+        self.network, self.at, self.calls = network, at, 0
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.network(pixels)
+
+
+def test_ctrl_c_during_fooling_returns_the_image_so_far(linear):
+    model, weight = linear
+    image = (grey() - 0.2 * weight.sign()).clamp(0, 1)
+    # Forward passes: 1 checks the start, then per step one for the gradient and one for the prediction.
+    interrupted = VizModel(name="interrupted", network=InterruptOnce(model.network, at=6), categories=["zero", "one"],
+                           input_size=SIZE, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    result = fooling_image(interrupted, image, "one", lr=0.01)
+    assert result.steps == 2 and not result.success
+    assert result.l2 == pytest.approx(0.02, rel=1e-4)
+
+
 def test_classic_fooling_lr_is_one_normalized_unit():
     glyphnet = viztools.load_model("glyphnet", weights="random")
     assert classic_fooling_lr(glyphnet) == pytest.approx(0.25)
