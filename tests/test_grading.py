@@ -534,7 +534,7 @@ def test_tiny_solution_full_marks_and_blank_exercise_zero(tiny_course: Path) -> 
     assert square.feedback.splitlines()[:2] == [
         "NotImplementedError: square is not written yet: replace this line with your code",
         "  raised in your code cell 1 (`def square(x):`), line 4: `raise NotImplementedError(\"square is not "
-        "written yet: replace th...`",
+        "written yet: replace this ...`",
     ]
     assert "code cell 3 (`def cube(x):`)" in cube.feedback
 
