@@ -34,29 +34,39 @@ _WEIGHT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 class _StopForwardError(Exception):
-    """Raised by a pre-hook to end a forward pass once the target layer is reached."""
+    """Raised by a pre-hook to end a forward pass once every target layer has been reached."""
 
 
-def _weight_layers_before(model: VizModel, target: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Conv and Linear layers in the order the forward pass calls them, up to the first call of ``target``."""
-    called: list[tuple[str, nn.Module]] = []
+def _weight_layer_before(
+    model: VizModel, targets: Sequence[nn.Module]
+) -> dict[int, tuple[str, nn.Module] | None]:
+    """For each target (keyed by ``id``): the last Conv/Linear layer the forward pass calls before it, or None.
+
+    One forward pass on a blank image, traced with pre-hooks; it stops once every target has been called.
+    """
+    last: list[tuple[str, nn.Module]] = []
+    found: dict[int, tuple[str, nn.Module] | None] = {}
+    wanted = {id(target) for target in targets}
 
     def record(path: str, module: nn.Module) -> Callable[[nn.Module, tuple], None]:
         def hook(hooked: nn.Module, inputs: tuple) -> None:
-            if hooked is target:
-                raise _StopForwardError
-            called.append((path, module))
+            if id(hooked) in wanted and id(hooked) not in found:
+                found[id(hooked)] = last[-1] if last else None
+                if len(found) == len(wanted):
+                    raise _StopForwardError
+            if isinstance(hooked, _WEIGHT_TYPES):
+                last.append((path, module))
 
         return hook
 
     with ExitStack() as stack:
         for path, module in model.network.named_modules():
-            if isinstance(module, _WEIGHT_TYPES) or module is target:
+            if isinstance(module, _WEIGHT_TYPES) or id(module) in wanted:
                 stack.enter_context(attach(module, forward_pre=record(path, module)))
         pixels = torch.zeros(1, 3, model.input_size, model.input_size)
         with torch.no_grad(), contextlib.suppress(_StopForwardError):
             model(pixels)
-    return called
+    return found
 
 
 def resolve_conv(model: VizModel, layer: str) -> tuple[str, nn.Conv2d]:
@@ -77,12 +87,12 @@ def resolve_conv(model: VizModel, layer: str) -> tuple[str, nn.Conv2d]:
     inside = [(f"{path}.{name}", m) for name, m in module.named_modules() if isinstance(m, nn.Conv2d)]
     if inside:
         return inside[-1]
-    before = _weight_layers_before(model, module)
-    if before and isinstance(before[-1][1], nn.Conv2d):
-        return before[-1]
+    before = _weight_layer_before(model, [module]).get(id(module))
+    if before is not None and isinstance(before[1], nn.Conv2d):
+        return before
     reason = (
-        f"is produced by the {type(before[-1][1]).__name__} layer {before[-1][0]!r}, not a convolution"
-        if before
+        f"is produced by the {type(before[1]).__name__} layer {before[0]!r}, not a convolution"
+        if before is not None
         else "has no Conv2d before it"
     )
     raise ValueError(
@@ -92,16 +102,18 @@ def resolve_conv(model: VizModel, layer: str) -> tuple[str, nn.Conv2d]:
 
 
 def _conv_layer_list(model: VizModel) -> str:
-    names = [name for name in model.layers if _has_conv(model, name)]
+    """The friendly layer names that :func:`resolve_conv` resolves to a Conv2d, for error messages."""
+    modules = {name: model.layer(name) for name in model.layers}
+    before = _weight_layer_before(model, list(modules.values()))
+
+    def has_filters(module: nn.Module) -> bool:
+        if any(isinstance(m, nn.Conv2d) for m in module.modules()):
+            return True
+        producer = before.get(id(module))
+        return not isinstance(module, _WEIGHT_TYPES) and producer is not None and isinstance(producer[1], nn.Conv2d)
+
+    names = [name for name, module in modules.items() if has_filters(module)]
     return ", ".join(names) if names else "(this model has none)"
-
-
-def _has_conv(model: VizModel, name: str) -> bool:
-    module = model.layer(name)
-    if any(isinstance(m, nn.Conv2d) for m in module.modules()):
-        return True
-    before = _weight_layers_before(model, module)
-    return bool(before) and isinstance(before[-1][1], nn.Conv2d)
 
 
 @dataclass
