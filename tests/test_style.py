@@ -72,6 +72,24 @@ def test_normalized_gram_does_not_depend_on_how_much_of_a_texture_is_seen() -> N
     assert torch.allclose(gram_matrix(larger, normalize=False), 6 * gram_matrix(tile, normalize=False), atol=1e-5)
 
 
+def test_gram_matrix_gradient_matches_autograd_of_the_plain_product() -> None:
+    features = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gram_matrix, (features,))
+    assert torch.autograd.gradgradcheck(gram_matrix, (features,))
+
+    def channels_last_gram(x: torch.Tensor) -> torch.Tensor:  # the layout style_transfer feeds the network
+        return gram_matrix(x.contiguous(memory_format=torch.channels_last))
+
+    assert torch.autograd.gradcheck(channels_last_gram, (features,))
+    weights = torch.randn(2, 3, 3, dtype=torch.float64)
+    (gram_matrix(features) * weights).sum().backward()
+    fast = features.grad.clone()
+    features.grad = None
+    fibers = features.reshape(2, 3, 20)
+    ((fibers @ fibers.transpose(1, 2) / 20) * weights).sum().backward()
+    assert torch.allclose(fast, features.grad)
+
+
 def test_gram_matrix_rejects_features_without_positions() -> None:
     with pytest.raises(ValueError, match=r"\(N, C, H, W\).*convolutional layer"):
         gram_matrix(torch.ones(1, 10))
@@ -113,9 +131,12 @@ def test_style_terms_vanish_for_the_style_image_and_content_term_for_the_content
         on_style = style_part.terms(forward_activations(model, style, style_part.layers))
         on_content = objective.terms(forward_activations(model, content, objective.layers))
     assert set(on_content) == {"content:conv3", "style:conv1", "style:conv2", "style:conv3"}
-    assert on_style == {f"style:{layer}": 0.0 for layer in STYLE_LAYERS}
-    assert on_content["content:conv3"].item() == 0.0
-    assert all(on_content[f"style:{layer}"].item() < 0 for layer in STYLE_LAYERS)  # maximized: losses negated
+    # Zero up to rounding: the targets come from channels-last inputs, whose convolutions round differently.
+    assert {name: term.item() for name, term in on_style.items()} == pytest.approx(
+        {f"style:{layer}": 0.0 for layer in STYLE_LAYERS}, abs=1e-9
+    )
+    assert on_content["content:conv3"].item() == pytest.approx(0.0, abs=1e-9)
+    assert all(on_content[f"style:{layer}"].item() < -1e-3 for layer in STYLE_LAYERS)  # maximized: negated
 
 
 def test_reported_losses_equal_a_naive_full_forward_computation(model) -> None:
