@@ -256,6 +256,7 @@ def test_hooks_removed_and_model_unchanged_after_run_and_after_error(model) -> N
     [
         ({"style_layers": ["conv1", "conv9"]}, ValueError, "Unknown layer 'conv9'.*Did you mean"),
         ({"content_layer": "conv5"}, ValueError, "Unknown layer 'conv5'"),
+        ({"content_layer": ["conv3"]}, TypeError, "one layer name"),
         ({"style_weights": [1.0, -1.0, 1.0]}, ValueError, r"style weight of 'conv2' must be a number in \[0, inf\)"),
         ({"style_weights": [1.0, 1.0]}, ValueError, "2 value.*3 style layers.*one weight per layer"),
         ({"style_weights": 2.0}, TypeError, "list of numbers, one per style layer"),
@@ -282,6 +283,8 @@ def test_bad_images_raise_errors_that_say_what_to_do(model) -> None:
         style_transfer(model, torch.rand(1, 4, 64, 64), image(2))
     with pytest.raises(ValueError, match="style must hold a single image"):
         style_transfer(model, image(1), torch.rand(2, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"style must hold pixels in \[0, 1\]; got values in \[-0\.4.*denormalize"):
+        style_transfer(model, image(1), image(2) * 1.5 - 0.5)
     with pytest.raises(TypeError, match=r"content must be a torch\.Tensor"):
         style_transfer(model, "cat", image(2))
     with pytest.raises(ValueError, match=r"style image \(4x4 px\).*larger image"):
