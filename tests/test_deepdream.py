@@ -159,3 +159,15 @@ def test_bad_arguments_raise_helpful_errors():
     with pytest.raises(ValueError, match="cannot process a 16x16 image"):
         deepdream(model, image, "logits", octaves=1)
     assert not has_hooks(model.network)
+
+
+def test_glyphnet_dreams_at_any_size_although_fc1_needs_64_px(glyphnet):
+    image = photo(96, 80)
+    dreamed = deepdream(glyphnet, image, "conv4", steps=3, octaves=2, seed=0)
+    assert dreamed.shape == image.shape
+    assert dream_value(glyphnet, dreamed, "conv4") > dream_value(glyphnet, image, "conv4")
+    at_input_size = deepdream(glyphnet, photo(64, 64), "fc1", steps=2, octaves=1, seed=0)
+    assert at_input_size.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="cannot process a 96x80 image"):
+        deepdream(glyphnet, image, "fc1", octaves=1)
+    assert not has_hooks(glyphnet.network)

@@ -112,11 +112,12 @@ def class_visualization(
     Gradient ascent on ``score - l2 * ||I||^2`` from ``image`` (default: the mean-colour image, zero in normalized
     units), with the CS231n recipe: each step rolls the image by a random offset of up to ``jitter`` pixels
     (default 16 px at 224 px, scaled to the image size), steps by ``lr`` along the gradient scaled to unit norm,
-    clamps to [0, 1] and, every ``blur_every`` steps, blurs with a Gaussian of ``blur_sigma`` pixels.
+    clamps to [0, 1] and, every ``blur_every`` steps (0: never), blurs with a Gaussian of ``blur_sigma`` pixels.
 
     ``lr`` and ``l2`` are in CS231n's units (normalized image, unit-L2 gradient at 224 px; ``||I||`` of the
     normalized image); :func:`pixel_step_size` converts ``lr`` to a per-pixel step, so the defaults work at any
-    image size. ``callback(progress)`` sees every step and may return True to stop. Returns the best image
+    image size (on GlyphNet's 64 px icons ``lr=10`` gives smoother, more glyph-like images; both reach p > 0.99).
+    ``callback(progress)`` sees every step and may return True to stop. Returns the best image
     (highest regularized score) as ``(1, 3, H, W)`` pixels.
     """
     return class_visualization_optimization(
