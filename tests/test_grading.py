@@ -501,9 +501,10 @@ def test_the_occlusion_solution_agrees_with_the_library() -> None:
         exec(next(c.source for c in solution.cells if c.id == cell_id), namespace)
     model = viztools.load_model("glyphnet", weights="random")
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    reference = occlusion(model, image, 3, patch_size=12, stride=5, fill="black", method="naive")
-    naive = namespace["occlusion_naive"](model, image, 3, 12, 5, fill=0.0)
-    batched = namespace["occlusion_batched"](model, image, 3, 12, 5, fill=0.0, batch_size=10)
+    reference = occlusion(model, image, 3, patch_size=24, stride=9, fill="black", method="naive")  # 6 x 6
+    naive = namespace["occlusion_naive"](model, image, 3, 24, 9, fill=0.0)
+    batched = namespace["occlusion_batched"](model, image, 3, 24, 9, fill=0.0, batch_size=10)
+    assert naive.shape == (6, 6)
     assert torch.allclose(naive, reference.probability, atol=1e-5)
     assert torch.allclose(batched, naive, atol=1e-5)
 
