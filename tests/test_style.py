@@ -13,6 +13,7 @@ from viztools.style import (
     GramMatch,
     default_layers,
     gram_matrix,
+    plot_style_transfer,
     style_layer_loss,
     style_loss,
     style_transfer,
@@ -306,6 +307,27 @@ def test_default_layers_come_from_the_table_or_from_model_layers(model) -> None:
     )
     assert default_layers(tiny) == ("c2", ("c1", "c2", "c3"))
     assert not has_hooks(network)
+
+
+def test_plot_shows_the_three_images_and_one_curve_per_loss_term(model) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    content, style = smooth_image(1), smooth_image(2, size=40)
+    result = style_transfer(model, content, style, content_layer="conv3", style_layers=STYLE_LAYERS, steps=3).result()
+    figure = plot_style_transfer(content, style, result)
+    try:
+        image_axes, curves = figure.axes[:3], figure.axes[3]
+        assert [axis.images[0].get_array().shape for axis in image_axes] == [(32, 32, 3), (40, 40, 3), (32, 32, 3)]
+        labels = [line.get_label() for line in curves.lines]
+        assert labels == ["total", "content:conv3", "style:conv1", "style:conv2", "style:conv3", "total variation"]
+        assert list(curves.lines[0].get_ydata()) == pytest.approx([record["total"] for record in result.history])
+    finally:
+        plt.close(figure)
+    with pytest.raises(TypeError, match=r"style_transfer\(\.\.\.\)\.result\(\)"):
+        plot_style_transfer(content, style, result.image)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ Normalization (implementations differ, so weights do not transfer between them):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,11 +36,15 @@ from viztools.optimize import (
     FeatureMatch,
     Objective,
     Optimization,
+    OptimizationResult,
     Progress,
     TotalVariation,
     forward_activations,
     optimize,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Default ``(content layer, style layers)`` of the registered models, after Gatys et al. (VGG: conv4_2 and
 #: conv1_1 ... conv5_1) and the CS231n assignment (SqueezeNet: fire2, and conv1, fire3, fire4, fire5).
@@ -309,6 +314,36 @@ def style_transfer(
         transforms=[_network_view],
         optimizer_options=optimizer_options, every=every, time_budget=time_budget, should_stop=should_stop, seed=seed,
     )
+
+
+def plot_style_transfer(content: torch.Tensor, style: torch.Tensor, result: OptimizationResult) -> Figure:
+    """Content | style | result, and every loss term per step on a log scale (lecture ``08_neural_style``)."""
+    import matplotlib.pyplot as plt
+
+    from viztools.data import to_numpy_image
+
+    if not isinstance(result, OptimizationResult):
+        raise TypeError(
+            f"plot_style_transfer takes the result of style_transfer(...).result(); got {type(result).__name__}."
+        )
+    figure, axes = plt.subplots(1, 4, figsize=(14, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 1.4]})
+    for axis, pixels, title in zip(axes[:3], (content, style, result.image),
+                                   ("content", "style", f"result (step {result.best_step})"), strict=True):
+        axis.imshow(to_numpy_image(pixels))
+        axis.set_title(title)
+        axis.axis("off")
+    names = [name for name in (result.history[0] if result.history else {}) if name != "total"]
+    steps = range(1, len(result.history) + 1)
+    for name in ["total", *names]:
+        values = [record[name] if record[name] > 0 else float("nan") for record in result.history]  # log scale
+        axes[3].plot(steps, values, label=name, linewidth=2.5 if name == "total" else 1.2)
+    axes[3].set_yscale("log")
+    axes[3].set_xlabel("step")
+    axes[3].set_title("losses (weighted)")
+    if names:
+        axes[3].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
 
 
 def _network_view(pixels: torch.Tensor) -> torch.Tensor:
