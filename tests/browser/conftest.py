@@ -1,9 +1,10 @@
 """Fixtures for real browser tests: a JupyterLab server on loopback and headless Debian Chromium via Playwright.
 
 The server runs with the Python that runs the tests (so the kernel sees this checkout's viztools), a random
-token, throw-away workspace and settings folders (the "Jupyter news" toast is switched off), and
-``VIZTOOLS_WEIGHTS_DIR`` pointing at the shared ImageNet weights when they exist (else empty, so lectures fall
-back to GlyphNet), the same choice the rest of the tests make. Screenshots go to ``test-output/browser/``.
+token, throw-away workspace and settings folders (the "Jupyter news" toast is switched off), and the same
+``VIZTOOLS_WEIGHTS_DIR`` as the notebook tests (``make test`` exports the shared ImageNet weights folder; when the
+variable is unset, the shared folder if it exists, else empty so lectures fall back to GlyphNet). Screenshots go
+to ``test-output/browser/``.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def lab_server(chromium_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
         **os.environ,
         "JUPYTERLAB_SETTINGS_DIR": str(folder / "settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(folder / "workspaces"),
-        "VIZTOOLS_WEIGHTS_DIR": shared_weights_dir(),
+        "VIZTOOLS_WEIGHTS_DIR": os.environ.get("VIZTOOLS_WEIGHTS_DIR", shared_weights_dir()),
         "VIZTOOLS_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
     }

@@ -150,7 +150,7 @@ def colorbar(
     tick_font = font(11)
     text_width = max(int(tick_font.getlength(text)) for text in labels)
     label_room = 16 if label else 0
-    width = bar_width + 5 + text_width + 4 + label_room
+    width = bar_width + 8 + text_width + 6 + label_room
     canvas = Image.new("RGB", (width, height), (BACKGROUND,) * 3)
     margin = 6  # room for the half-height of the top and bottom tick labels
     bar_height = max(height - 2 * margin, 2)
@@ -162,7 +162,7 @@ def colorbar(
     for tick, text in zip(ticks, labels, strict=True):
         y = margin + round((vmax - tick) / span * (bar_height - 1))
         draw.line((bar_width, y, bar_width + 3, y), fill=TEXT_COLOUR)
-        draw.text((bar_width + 5, y), text, fill=TEXT_COLOUR, font=tick_font, anchor="lm")
+        draw.text((bar_width + 8, y), text, fill=TEXT_COLOUR, font=tick_font, anchor="lm")
     if label:
         strip = Image.new("RGB", (height, label_room), (BACKGROUND,) * 3)
         ImageDraw.Draw(strip).text((height / 2, label_room / 2), label, fill=TEXT_COLOUR, font=font(11), anchor="mm")
