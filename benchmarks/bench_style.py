@@ -29,7 +29,7 @@ import torch
 import viztools
 from viztools.models import VizModel
 from viztools.optimize import Progress, TotalVariation, forward_activations
-from viztools.style import DEFAULT_LR, default_layers, style_transfer, style_transfer_objective
+from viztools.style import DEFAULT_LR, DEFAULT_STYLE_WEIGHT, default_layers, style_transfer, style_transfer_objective
 
 #: The shared ImageNet SqueezeNet 1.0 weights the tests use ($VIZTOOLS_TEST_WEIGHTS overrides).
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "squeezenet1_0_imagenet_fp16.pth"
@@ -52,6 +52,7 @@ def classic_loop(
     style: torch.Tensor,
     content_layer: str,
     style_layers: list[str],
+    style_weight: float,
     tv_weight: float,
     lr: float,
 ) -> Iterator[tuple[float, float, torch.Tensor]]:
@@ -84,7 +85,7 @@ def classic_loop(
         loss = ((features[content_layer] - content_target) ** 2).sum() / (content_target**2).sum()
         for layer in style_layers:
             target = style_targets[layer]
-            loss = loss + ((gram(features[layer]) - target) ** 2).sum() / (target**2).sum()
+            loss = loss + style_weight * ((gram(features[layer]) - target) ** 2).sum() / (target**2).sum()
         dx = pixels[..., :-1, 1:] - pixels[..., :-1, :-1]
         dy = pixels[..., 1:, :-1] - pixels[..., :-1, :-1]
         loss = loss + tv_weight * (dx**2 + dy**2).sum() / pixels.numel()
@@ -117,8 +118,8 @@ def main() -> None:
             return float(-objective(forward_activations(model, pixels, objective.layers)) + penalty(pixels))
 
     runs = {
-        "classic loop (Adam)": classic_loop(model, content, style, content_layer, list(style_layers), tv_weight,
-                                            DEFAULT_LR["adam"]),
+        "classic loop (Adam)": classic_loop(model, content, style, content_layer, list(style_layers),
+                                            DEFAULT_STYLE_WEIGHT, tv_weight, DEFAULT_LR["adam"]),
         "viztools (Adam)": _timed(style_transfer(model, content, style, optimizer="adam", tv_weight=tv_weight)),
         "viztools (L-BFGS)": _timed(style_transfer(model, content, style, optimizer="lbfgs", tv_weight=tv_weight)),
     }
