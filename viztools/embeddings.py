@@ -24,8 +24,9 @@ from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
 from viztools._validation import check_choice, check_float, check_int
+from viztools.hooks import get_activations
 from viztools.models import VizModel
-from viztools.patches import ImageSource, layer_output
+from viztools.patches import ImageSource
 
 POOLINGS = ("average", "flatten")
 
@@ -75,7 +76,7 @@ def layer_features(
     source = ImageSource(images, size=model.input_size)
     features, labels, thumbnails = [], [], []
     for _, pixels, batch_labels in source.batches(batch_size):
-        output = layer_output(model, pixels, layer)
+        output = get_activations(model, pixels, [layer])[layer]
         if output.dim() == 4 and pooling == "average":
             output = output.mean(dim=(2, 3))
         features.append(output.flatten(1).float().numpy().copy())

@@ -83,12 +83,50 @@ def capture_activations(
         yield recorded
 
 
+#: Key for the model's output (logits) in :func:`forward_activations`.
+LOGITS = "<logits>"
+
+
+class _ForwardCompleteError(Exception):
+    """Raised by a forward hook once every requested layer has run: the rest of the network is not needed."""
+
+
+def forward_activations(model: VizModel, pixels: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``{layer: activation}`` for ``layers``, attached to the autograd graph; :data:`LOGITS` gives the output.
+
+    Without :data:`LOGITS` the forward pass stops once every requested layer has run, so it is faster and
+    networks whose classifier needs a fixed input size (GlyphNet) still work at any image size.
+    """
+    named = [layer for layer in layers if layer != LOGITS]
+    with capture_activations(model, named, detach=False) as recorded, ExitStack() as stack:
+        if LOGITS not in layers and named:
+
+            def stop_when_complete(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+                if all(layer in recorded for layer in named):
+                    raise _ForwardCompleteError
+
+            for module in dict.fromkeys(model.layer(layer) for layer in named):
+                stack.enter_context(attach(module, forward=stop_when_complete))
+        try:
+            logits = model(pixels)
+        except _ForwardCompleteError:
+            logits = None
+        activations = dict(recorded)
+    if logits is not None:
+        activations[LOGITS] = logits
+    return activations
+
+
 def get_activations(model: VizModel, pixels: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Activations of the named layers for a batch of pixel images, without gradients."""
+    """Activations of the named layers for a batch of pixel images, without gradients.
+
+    The forward pass stops after the last requested layer (use :data:`LOGITS` for the model's output).
+    """
+    if isinstance(layers, str):
+        layers = [layers]
     pixels = check_image(pixels, "pixels", batch=True)
-    with torch.no_grad(), capture_activations(model, layers) as recorded:
-        model(pixels)
-    return dict(recorded)
+    with torch.no_grad():
+        return forward_activations(model, pixels, layers)
 
 
 # --------------------------------------------------------------------------------------------------------------

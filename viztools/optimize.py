@@ -25,18 +25,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from viztools._validation import check_choice, check_float, check_image, check_int
-from viztools.hooks import attach, capture_activations
+from viztools.hooks import LOGITS, forward_activations
 from viztools.models import VizModel
-
-#: The key under which objectives find the model's output (logits) in the activations they receive.
-LOGITS = "<logits>"
 
 Activations = Mapping[str, torch.Tensor]
 
@@ -471,10 +467,6 @@ class OptimizationResult:
     elapsed: float = 0.0
 
 
-class _ForwardCompleteSignal(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Raised by a forward hook once every layer an objective needs is recorded."""
-
-
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 GRADIENT_NORMALIZATIONS = ("l2", "rms", "mean_abs")
 OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -705,32 +697,6 @@ class Optimization(Iterator[Progress]):
             closure_calls=self.closure_calls,
             elapsed=time.perf_counter() - self._started,
         )
-
-
-def forward_activations(model: VizModel, pixels: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """``{layer: activation}`` (attached to the graph) for ``layers``; :data:`LOGITS` gives the model output.
-
-    Without :data:`LOGITS` the forward pass stops once every requested layer has fired, so networks whose
-    classifier needs a fixed input size still work at any size (and it is faster).
-    """
-    named = [layer for layer in layers if layer != LOGITS]
-    with capture_activations(model, named, detach=False) as recorded, ExitStack() as stack:
-        if LOGITS not in layers and named:
-
-            def stop_when_complete(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-                if all(layer in recorded for layer in named):
-                    raise _ForwardCompleteSignal
-
-            for layer in dict.fromkeys(model.layer(layer) for layer in named):
-                stack.enter_context(attach(layer, forward=stop_when_complete))
-        try:
-            logits = model(pixels)
-        except _ForwardCompleteSignal:
-            logits = None
-        activations = dict(recorded)
-    if logits is not None:
-        activations[LOGITS] = logits
-    return activations
 
 
 def _normalized(gradient: torch.Tensor, how: str) -> torch.Tensor:

@@ -13,7 +13,6 @@ example photographs).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import weakref
@@ -29,7 +28,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from viztools._validation import check_int
-from viztools.hooks import attach, receptive_field
+from viztools.hooks import get_activations, receptive_field
 from viztools.models import VizModel
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -185,26 +184,6 @@ class ImageSource:
             yield start, pixels, labels
 
 
-class _StopForwardError(Exception):
-    """Raised by a forward hook to end a forward pass at the recorded layer."""
-
-
-def layer_output(model: VizModel, pixels: torch.Tensor, layer: str) -> torch.Tensor:
-    """Output of ``layer`` for a batch of pixels, without gradients; the forward pass stops at that layer."""
-    module = model.layer(layer)
-    captured: dict[str, torch.Tensor] = {}
-
-    def stop(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        captured["output"] = output
-        raise _StopForwardError
-
-    with torch.no_grad(), attach(module, forward=stop), contextlib.suppress(_StopForwardError):
-        model(pixels)
-    if not isinstance(captured.get("output"), torch.Tensor):
-        raise ValueError(f"Layer {layer!r} produced no tensor during the forward pass; choose another layer.")
-    return captured.pop("output")
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Top activating patches
 # --------------------------------------------------------------------------------------------------------------
@@ -310,7 +289,7 @@ def _running_top_k(
         if start and tuple(pixels.shape[2:]) != image_shape:
             raise ValueError(f"All images must have the same size; image {start} is {tuple(pixels.shape[2:])}, "
                              f"earlier ones {image_shape}. Resize them (viztools.load_image(..., size=...)).")
-        activations = layer_output(model, pixels, layer)
+        activations = get_activations(model, pixels, [layer])[layer]
         map_shape, image_shape = tuple(activations.shape[2:]), tuple(pixels.shape[2:])
         values, flat_positions = _channel_values(activations, channels, position, layer)
         del activations  # only (B, m) numbers survive a batch

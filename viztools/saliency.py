@@ -18,18 +18,17 @@ normalization is part of the differentiated function.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from viztools._validation import check_choice, check_float, check_image, check_int
-from viztools.hooks import attach
+from viztools.hooks import forward_activations
 from viztools.models import VizModel
 
 RULES: tuple[str, ...] = ("plain", "guided", "deconvnet")
@@ -193,24 +192,6 @@ class NeuronGradient:
     rule: str
 
 
-class _ReachedLayer(Exception):  # noqa: N818 - a signal, not an error
-    """Raised by a forward hook once the target layer has run: the rest of the network is not needed."""
-
-
-def _forward_to_layer(model: VizModel, pixels: torch.Tensor, module: nn.Module, rule: str) -> torch.Tensor:
-    captured: list[torch.Tensor] = []
-
-    def stop(module: nn.Module, inputs: tuple, output: object) -> None:
-        captured.append(output)
-        raise _ReachedLayer
-
-    with torch.enable_grad(), attach(module, forward=stop), relu_rule(rule), suppress(_ReachedLayer):
-        model(pixels)
-    if not captured:
-        raise ValueError("The chosen layer did not run during the forward pass; choose a layer from model.layers.")
-    return captured[0]
-
-
 def neuron_gradient(
     model: VizModel,
     image: torch.Tensor,
@@ -229,8 +210,8 @@ def neuron_gradient(
     """
     rule = check_choice(rule, "rule", RULES)
     pixels = _prepare(model, image)
-    module = model.layer(layer)
-    output = _forward_to_layer(model, pixels, module, rule)
+    with torch.enable_grad(), relu_rule(rule):
+        output = forward_activations(model, pixels, [layer])[layer]
     if not isinstance(output, torch.Tensor) or output.dim() not in (2, 4):
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ValueError(
