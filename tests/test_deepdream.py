@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 from viztools.deepdream import deepdream, octave_sizes
-from viztools.hooks import attach, has_hooks
+from viztools.hooks import attach, forward_activations, has_hooks
 from viztools.models import VizModel
-from viztools.optimize import forward_activations
 
 
 def dream_model(classifier_size: int = 8) -> VizModel:

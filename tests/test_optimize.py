@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from viztools.hooks import has_hooks
+from viztools.hooks import forward_activations, has_hooks
 from viztools.models import VizModel
 from viztools.optimize import (
     LOGITS,
@@ -24,7 +24,6 @@ from viztools.optimize import (
     TotalVariation,
     blur_every,
     compose,
-    forward_activations,
     gaussian_blur,
     optimize,
     run,

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import viztools
-from viztools.hooks import get_activations, has_hooks
-from viztools.optimize import forward_activations
+from viztools.hooks import forward_activations, get_activations, has_hooks
 from viztools.style import (
     DEFAULT_LAYERS,
     GramMatch,

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from viztools._validation import check_float, check_image, check_int
+from viztools.hooks import forward_activations
 from viztools.models import VizModel
-from viztools.optimize import Jitter, LayerDream, Progress, forward_activations, optimize
+from viztools.optimize import Jitter, LayerDream, Progress, optimize
 
 
 def octave_sizes(height: int, width: int, octaves: int, scale: float) -> list[tuple[int, int]]:

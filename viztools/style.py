@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from viztools._validation import check_choice, check_float, check_image, check_int
+from viztools.hooks import forward_activations
 from viztools.models import VizModel
 from viztools.optimize import (
     Activations,
@@ -39,7 +40,6 @@ from viztools.optimize import (
     OptimizationResult,
     Progress,
     TotalVariation,
-    forward_activations,
     optimize,
 )
 
