@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import nbformat
@@ -617,6 +618,42 @@ def test_tiny_error_in_a_student_cell_is_reported(tiny_course: Path) -> None:
     square = _by_id(report)["check-square"]
     assert square.status == "error" and square.feedback.startswith("NameError: name 'square' is not defined")
     assert "Hint: something this check uses is not defined" in square.feedback
+
+
+def _process_gone(pid: int, wait: float = 5.0) -> bool:
+    """True once ``pid`` has exited (gone, or a zombie waiting to be reaped), polling for up to ``wait`` s."""
+    status = Path(f"/proc/{pid}/status")
+    deadline = time.monotonic() + wait
+    while status.exists() and "\nState:\tZ" not in status.read_text():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.slow
+def test_the_overall_time_limit_stops_pytest_and_the_kernel(tiny_course: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[grade.NbvalRun] = []
+    run_nbval = grade.run_nbval
+    monkeypatch.setattr(grade, "run_nbval", lambda *args: runs.append(run_nbval(*args)) or runs[-1])
+    slow = "import time\ndef square(x):\n    time.sleep(600)\n    return x * x"
+    path = _student(tiny_course, "slow.ipynb", edit={"task-square": slow, "task-cube": CUBE})
+    report = grade.grade_notebook(path, key_dir=tiny_course / "keys", cell_timeout=300, total_timeout=40)
+    assert runs[0].timed_out
+    assert [(c.status, c.feedback) for c in report.checks] == [
+        ("not-run", "not run: grading hit its overall time limit and was stopped")] * 2
+    kernel_pid = next(r["pid"] for r in runs[0].records if r["event"] == "kernel")
+    assert _process_gone(kernel_pid)
+
+
+@pytest.mark.slow
+def test_a_kernel_that_cannot_start_is_a_grading_error(tiny_course: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ipykernel_launcher.py").write_text("raise SystemExit(3)\n")  # shadows the real kernel launcher
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    report = grade.grade_notebook(tiny_course / "solutions" / "90_squares.ipynb", key_dir=tiny_course / "keys")
+    assert report.status == "error" and report.checks == []
+    assert report.message.startswith("The grader could not start a Python kernel (Kernel died before replying")
 
 
 # --------------------------------------------------------------------------------------------------------------

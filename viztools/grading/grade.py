@@ -200,7 +200,12 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def run_nbval(notebook: NotebookNode, folder: Path, cell_timeout: float) -> NbvalRun:
+def total_time_limit(notebook: NotebookNode, cell_timeout: float) -> float:
+    """The default overall limit of a grading run: kernel start-up plus every cell's timeout and grace period."""
+    return KERNEL_STARTUP_ALLOWANCE + len(notebook.cells) * (cell_timeout + PER_CELL_SLACK)
+
+
+def run_nbval(notebook: NotebookNode, folder: Path, cell_timeout: float, total_timeout: float) -> NbvalRun:
     """Run ``pytest --nbval`` on ``notebook`` (written into ``folder``) and collect the plugin's records.
 
     The plugin is copied beside the notebook and loaded by module name, so the pytest process does not import
@@ -220,13 +225,12 @@ def run_nbval(notebook: NotebookNode, folder: Path, cell_timeout: float) -> Nbva
         "-p", PLUGIN_MODULE, "-p", "no:cacheprovider",
         "-c", str(folder / "pytest.ini"), "--rootdir", str(folder), "-q", "--color=no",
     ]
-    overall = KERNEL_STARTUP_ALLOWANCE + len(notebook.cells) * (cell_timeout + PER_CELL_SLACK)
     process = subprocess.Popen(
         command, cwd=folder, env=_subprocess_env(folder), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
     )
     try:
-        output, _ = process.communicate(timeout=overall)
+        output, _ = process.communicate(timeout=total_timeout)
         timed_out = False
     except subprocess.TimeoutExpired:
         _kill_group(process.pid)
@@ -260,6 +264,7 @@ def grade_notebook(
     *,
     key_dir: str | Path | None = None,
     cell_timeout: float = DEFAULT_CELL_TIMEOUT,
+    total_timeout: float | None = None,
 ) -> GradeReport:
     """Grade one student notebook. Problems with the notebook become ``report.message``, never exceptions.
 
@@ -267,9 +272,12 @@ def grade_notebook(
         path: the student's ``.ipynb`` (left unchanged).
         key_dir: folder of grading keys (default: the keys shipped with viztools).
         cell_timeout: seconds each cell may run before it is interrupted (nbval's ``--nbval-cell-timeout``).
+        total_timeout: seconds the whole run may take before pytest and the kernel are killed (default:
+            :func:`total_time_limit`, enough for every cell to use its timeout).
     """
-    if isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0:
-        raise ValueError(f"cell_timeout must be a positive number of seconds; got {cell_timeout!r}.")
+    for name, value in (("cell_timeout", cell_timeout), ("total_timeout", total_timeout)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds; got {value!r}.")
     path = Path(path)
     report = GradeReport(path=str(path), status="error")
     try:
@@ -286,23 +294,28 @@ def grade_notebook(
     assembly = assemble(student, key)
     report.notes += assembly.notes
     with tempfile.TemporaryDirectory(prefix="viztools-grade-") as folder:
-        run = run_nbval(assembly.notebook(), Path(folder), cell_timeout)
+        notebook = assembly.notebook()
+        run = run_nbval(notebook, Path(folder), cell_timeout, total_timeout or total_time_limit(notebook, cell_timeout))
     _fill_results(report, key, assembly, run, cell_timeout)
     return report
 
 
 def _fill_results(report: GradeReport, key: AnswerKey, assembly: Assembly, run: NbvalRun, cell_timeout: float) -> None:
     cells = [r for r in run.records if r.get("event") == "cell"]
-    setup_failure = next((r for r in cells if r.get("when") == "setup" and r.get("kind") == "internal"), None)
-    if setup_failure is not None or not cells:
+    setup_failure = next((r for r in cells if r.get("when") == "setup"), None)
+    if setup_failure is not None:
+        report.message = (f"The grader could not start a Python kernel ({setup_failure['message']}). Check that "
+                          f"`{Path(sys.executable).name} -m ipykernel_launcher --version` works in this environment.")
+        return
+    if not cells:
         tail = "\n".join(run.output.strip().splitlines()[-15:])
-        reason = setup_failure["message"] if setup_failure else f"pytest ended with exit code {run.returncode}"
-        report.message = f"The grader could not run the notebook ({reason}).\n{tail}"
+        reason = "it hit the overall time limit" if run.timed_out else f"pytest ended with exit code {run.returncode}"
+        report.message = f"The grader could not run the notebook ({reason}):\n{tail}"
         return
     by_check = {r["role"]["check"]: r for r in cells if r.get("role", {}).get("role") == "check"}
     not_run = "not run"
     if run.timed_out:
-        not_run = f"not run: grading hit its overall time limit (cells may take {cell_timeout:g} s each)"
+        not_run = "not run: grading hit its overall time limit and was stopped"
     stopped = feedback.kernel_stopped_reason(cells, assembly.student_sources)
     report.checks = [
         feedback.check_result(check, by_check.get(check.id), restored=assembly.restored.get(check.id),
