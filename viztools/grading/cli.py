@@ -65,10 +65,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Generate exercises/NN_*.ipynb (solutions stubbed, outputs cleared) and the grading keys "
         "(check cells and the outputs the executed solution printed) from solutions/NN_*.ipynb.",
     )
-    build.add_argument("--solutions", type=Path, default=Path("solutions"),
+    build.add_argument("--solutions", type=Path, default=Path("solutions"), metavar="DIR",
                        help="solution notebooks (default: %(default)s)")
-    build.add_argument("--exercises", type=Path, default=Path("exercises"), help="output folder (default: %(default)s)")
-    build.add_argument("--keys", type=Path, default=None, help="grading keys folder (default: viztools/grading/keys)")
+    build.add_argument("--exercises", type=Path, default=Path("exercises"), metavar="DIR",
+                       help="output folder (default: %(default)s)")
+    build.add_argument("--keys", type=Path, default=None, metavar="DIR",
+                       help="grading keys folder (default: viztools/grading/keys)")
     build.add_argument("--check", action="store_true", help="only report whether exercises and keys are up to date")
     build.set_defaults(run=run_build_exercises)
 
@@ -80,9 +82,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     grade.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="notebook(s) to grade")
     grade.add_argument("--json", action="store_true", help="print a machine-readable report")
-    grade.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_CELL_TIMEOUT,
+    grade.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_CELL_TIMEOUT, metavar="SECONDS",
                        help="seconds each cell may run (default: %(default)g)")
-    grade.add_argument("--key", type=Path, default=None, help="folder of grading keys (default: the built-in keys)")
+    grade.add_argument("--key", type=Path, default=None, metavar="DIR",
+                       help="folder of grading keys (default: the built-in keys)")
     grade.set_defaults(run=run_grade)
 
 
