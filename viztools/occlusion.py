@@ -2,37 +2,40 @@
 
 Slide a patch (grey, black, the image mean or a blurred copy of the image) over the image, record the target
 class probability at every position and draw the drop as a heatmap: where hiding the pixels costs probability,
-the network was looking. Lecture: the occlusion part of the "what does the network look at" notebook.
+the network was looking. Lecture: ``lectures/03_occlusion.ipynb``.
 
 Patch positions: top-left corners ``0, stride, 2*stride, ...`` in each direction. With ``edges="shift"`` (the
 default) the last patch is moved back to ``side - patch_size`` when the stride does not land there, so every
 patch is whole and the last row and column of the image are covered. ``edges="clip"`` instead keeps stepping
 until the border is reached and cuts the last patch off at the border, as Captum's ``Occlusion`` does.
 
-Speed. ``method="batched"`` runs many occluded images per forward pass. ``method="incremental"`` exploits that
-a patch only changes the activations inside its cone of influence: the clean activations of every layer are
-computed once, and for each patch only the affected window of each local layer (convolution, pooling,
-element-wise operation, channel concatenation) is recomputed from a crop of the layer's input assembled from
-the clean map and the recomputed window of the layer below. Once a window would cover more than
-``INCREMENTAL_MAX_FRACTION`` of its map, the occluded maps are rebuilt at full size and the rest of the network
-runs normally. The network's computation graph comes from ``torch.fx``; models it cannot trace fall back to
-batching. Both fast paths equal the naive one-image-at-a-time loop up to float rounding.
+Speed. ``method="batched"`` runs many occluded images per forward pass (channels-last, which CPU convolutions
+prefer). ``method="incremental"`` exploits that a patch only changes the activations inside its cone of
+influence: the clean activations of every layer are computed once, and for each patch only the affected window
+of each local operation (convolution, pooling, element-wise operation, channel concatenation, global average
+pooling) is recomputed, from a crop of the operation's input assembled from the clean map and the recomputed
+window below it. Crop margins follow from each operation's kernel, stride and padding. Once a window would cover
+more than ``INCREMENTAL_MAX_FRACTION`` of its map, the occluded maps are rebuilt at full size and the rest of the
+network runs normally. The computation graph is recorded from one clean forward pass (a thread-local
+``TorchFunctionMode``, so widgets computing in other threads are unaffected) and checked by replaying it on a
+batch of two images; models whose forward pass reads activation values (data-dependent control flow), modifies them in
+place, or does not replay exactly fall back to batching. Every method equals the naive one-image-at-a-time loop
+up to float rounding; ``method="auto"`` picks incremental inference when it saves at least 20% of the
+multiply-adds.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from viztools._validation import check_choice, check_float, check_image, check_int
-from viztools.hooks import attach
 from viztools.models import VizModel
 
 FILLS = ("grey", "black", "mean", "blur")
@@ -46,7 +49,7 @@ INCREMENTAL_MAX_FRACTION = 0.85
 AUTO_MAX_WORK_FRACTION = 0.8
 #: Activation memory (bytes) one batch of occluded images may use when ``batch_size`` is None.
 MEMORY_BUDGET = 256 * 2**20
-MAX_BATCH_SIZE = 64
+MAX_BATCH_SIZE = 32  # larger batches run slower on CPU here (working sets fall out of cache)
 _CHANNELS_LAST = torch.channels_last
 
 
@@ -406,13 +409,24 @@ def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(rows, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
 
 
-def _occluded_batch(normalized: torch.Tensor, fill_normalized: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
-    """The occluded (normalized) images, channels-last: convolutions and pooling run faster on that layout."""
-    batch = torch.empty((len(boxes), *normalized.shape[1:]), memory_format=_CHANNELS_LAST, device=normalized.device)
+def _occluded_batch(normalized: torch.Tensor, fill_normalized: torch.Tensor, boxes: list[Box],
+                    memory_format: torch.memory_format = _CHANNELS_LAST) -> torch.Tensor:
+    """The occluded (normalized) images; channels-last by default, the layout CPU convolutions run fastest on."""
+    batch = torch.empty((len(boxes), *normalized.shape[1:]), memory_format=memory_format, device=normalized.device)
     batch.copy_(normalized.expand_as(batch))
     for i, (top, bottom, left, right) in enumerate(boxes):
         batch[i, :, top:bottom, left:right] = fill_normalized[0, :, top:bottom, left:right]
     return batch
+
+
+def _reproduces(compute: Callable[[], torch.Tensor], reference: torch.Tensor) -> tuple[bool, str]:
+    """Whether ``compute()`` gives ``reference`` (up to float rounding), and what went wrong if it raised."""
+    try:
+        result = compute()
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:  # e.g. .view() of a channels-last tensor
+        return False, f" ({type(error).__name__}: {error})"
+    tolerance = 1e-4 * (1.0 + float(reference.abs().max()))  # float rounding grows with the logits' scale
+    return result.shape == reference.shape and bool((result - reference).abs().max() <= tolerance), ""
 
 
 def _choose_evaluator(
@@ -438,160 +452,363 @@ def _choose_evaluator(
             probabilities.append(_target_probability(model(occluded), target))
         return torch.cat(probabilities)
 
-    def batched(chunk: list[Box]) -> torch.Tensor:
-        return _target_probability(network(_occluded_batch(normalized, fill_normalized, chunk)), target)
-
     if method == "naive":
         return naive, "naive", 1
+    # Two test patches: the fast paths must reproduce the network on them (a batch of two catches batch sizes
+    # baked into a recorded graph; channels-last input breaks networks that call .view() on activations).
+    test_boxes = (boxes * 2)[:2]
+    reference = network(_occluded_batch(normalized, fill_normalized, test_boxes, torch.contiguous_format))
+    layout = _CHANNELS_LAST if _reproduces(
+        lambda: network(_occluded_batch(normalized, fill_normalized, test_boxes)), reference)[0] else (
+        torch.contiguous_format)
+
+    def batched(chunk: list[Box]) -> torch.Tensor:
+        return _target_probability(network(_occluded_batch(normalized, fill_normalized, chunk, layout)), target)
+
+    program = _record(network, normalized)
+    batched_size = _batch_size_for(2 * program.largest_bytes)
     if method == "batched":
-        return batched, "batched", _batch_size_for(_peak_activation_bytes(network, normalized))
-    plan = _IncrementalPlan.build(network, normalized, boxes)
+        return batched, "batched", batched_size
+    plan = _IncrementalPlan.build(program, normalized, fill_normalized, boxes, test_boxes, reference)
     if plan.reason is not None:
         if method == "incremental":
             raise ValueError(f"method='incremental' cannot handle this model: {plan.reason}. Use method='auto' "
                              "(falls back to batching) or method='batched'.")
-        return batched, "batched", _batch_size_for(_peak_activation_bytes(network, normalized))
-    batch_size = _batch_size_for(plan.peak_bytes)
+        return batched, "batched", batched_size
     if method == "auto" and plan.work_fraction > AUTO_MAX_WORK_FRACTION:
-        return batched, "batched", batch_size
+        return batched, "batched", batched_size
 
     def incremental(chunk: list[Box]) -> torch.Tensor:
         return _target_probability(plan.run(fill_normalized, chunk), target)
 
-    return incremental, "incremental", batch_size
+    return incremental, "incremental", _batch_size_for(plan.bytes_per_image)
 
 
 def _batch_size_for(bytes_per_image: int) -> int:
     return max(1, min(MAX_BATCH_SIZE, MEMORY_BUDGET // max(1, bytes_per_image)))
 
 
-def _peak_activation_bytes(network: nn.Module, normalized: torch.Tensor) -> int:
-    """Twice the largest output of any leaf module for one image: a layer's input and output are alive at once."""
-    largest = [normalized.numel() * normalized.element_size()]
+# --------------------------------------------------------------------------------------------------------------
+# Recording the network's computation
+# --------------------------------------------------------------------------------------------------------------
+#
+# The incremental method needs the network's computation graph. torch.fx's symbolic tracing patches
+# torch.nn.Module.__call__ for the whole process while it runs, which breaks forward passes in other threads
+# (widgets compute in background threads). So the graph is recorded instead, with a TorchFunctionMode, which is
+# thread-local: one clean forward pass logs every torch call whose arguments derive from the image. Recorded
+# programs are replayed on a batch of two other images and checked against the network before use.
 
-    def record(module: nn.Module, inputs: tuple, output: object) -> None:
+#: Tensor methods that read metadata, not values: harmless for replaying the recorded calls.
+_METADATA_READS = {
+    "size", "dim", "ndimension", "numel", "nelement", "__len__", "__get__", "stride", "is_contiguous",
+    "element_size", "is_floating_point", "is_complex", "get_device", "storage_offset",
+}
+
+
+@dataclass(eq=False)
+class _Call:
+    """A torch call of the forward pass that reads the image (``func`` None: the image itself).
+
+    ``args``/``kwargs`` hold :class:`_Ref` where they read earlier calls' outputs; ``value`` is the clean output.
+    """
+
+    func: Callable[..., object] | None
+    args: tuple
+    kwargs: dict
+    inputs: list[_Call]
+    value: object
+    users: list[_Call] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
+class _Ref:
+    """The output of ``call`` (element ``index`` of it, for calls returning several tensors)."""
+
+    call: _Call
+    index: int | None = None
+
+
+def _map(structure: object, function: Callable[[object], object]) -> object:
+    """Apply ``function`` to the leaves of nested tuples, lists and dicts."""
+    if isinstance(structure, tuple):
+        return tuple(_map(item, function) for item in structure)
+    if isinstance(structure, list):
+        return [_map(item, function) for item in structure]
+    if isinstance(structure, dict):
+        return {key: _map(item, function) for key, item in structure.items()}
+    return function(structure)
+
+
+def _leaves(structure: object) -> list[object]:
+    found: list[object] = []
+    _map(structure, found.append)
+    return found
+
+
+class _Recorder(TorchFunctionMode):
+    """Records, in the current thread only, the torch calls whose arguments derive from ``image``."""
+
+    def __init__(self, image: torch.Tensor) -> None:
+        super().__init__()
+        self.image = _Call(None, (), {}, [], image)
+        self.calls: list[_Call] = []
+        self.producers: dict[int, _Ref] = {id(image): _Ref(self.image)}
+        self.problem: str | None = None
+
+    def __torch_function__(self, func: Callable[..., object], types: tuple, args: tuple = (),
+                           kwargs: dict | None = None) -> object:
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        inputs: list[_Call] = []
+
+        def reference(value: object) -> object:
+            if isinstance(value, torch.Tensor) and id(value) in self.producers:
+                ref = self.producers[id(value)]
+                if ref.call not in inputs:
+                    inputs.append(ref.call)
+                return ref
+            return value
+
+        recorded_args, recorded_kwargs = _map(args, reference), _map(kwargs, reference)
+        if not inputs:
+            return output  # a computation on parameters or constants only
+        name = getattr(func, "__name__", "")
+        if any(output is leaf for leaf in _leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)):
+            if name.endswith("_") or name.startswith("__i") or kwargs.get("inplace"):
+                self._report(f"it modifies activations in place ({name})")
+            return output  # e.g. .contiguous() of a contiguous tensor: the same tensor, nothing to record
         if isinstance(output, torch.Tensor):
-            largest.append(output.numel() * output.element_size())
+            outputs = {None: output}
+        elif isinstance(output, (tuple, list)) and output and all(isinstance(o, torch.Tensor) for o in output):
+            outputs = dict(enumerate(output))
+        else:
+            if name not in _METADATA_READS:
+                self._report(f"its forward pass reads activation values ({name}), e.g. for control flow")
+            return output
+        call = _Call(func, recorded_args, recorded_kwargs, inputs, output)
+        for source in inputs:
+            source.users.append(call)
+        self.calls.append(call)
+        for index, tensor in outputs.items():
+            self.producers[id(tensor)] = _Ref(call, index)
+        return output
 
-    leaves = [m for m in network.modules() if not list(m.children())]
-    with ExitStack() as stack:
-        for leaf in leaves:
-            stack.enter_context(attach(leaf, forward=record))
-        network(normalized)
-    return 2 * max(largest)
+    def _report(self, problem: str) -> None:
+        self.problem = self.problem or problem
+
+
+@dataclass
+class _Program:
+    """The recorded forward pass: the image, the calls in order, and the network's output."""
+
+    image: _Call
+    calls: list[_Call]
+    output: _Ref | None
+    problem: str | None
+    largest_bytes: int
+
+    def replay(self, values: dict[_Call, object]) -> torch.Tensor:
+        """Run the calls ``values`` does not hold yet (freeing each value after its last use); return the output."""
+        values = dict(values)
+        last_use = self._last_use()
+        for position, call in enumerate(self.calls):
+            if call not in values:
+                args = _map(call.args, lambda v: _resolve(v, values))
+                kwargs = _map(call.kwargs, lambda v: _resolve(v, values))
+                values[call] = call.func(*args, **kwargs)
+            for source in call.inputs:
+                if last_use[source] == position:
+                    values.pop(source, None)
+        return _resolve(self.output, values)
+
+    def _last_use(self) -> dict[_Call, int]:
+        if not hasattr(self, "_last_use_cache"):
+            last = {self.image: -1}
+            for position, call in enumerate(self.calls):
+                last.setdefault(call, position)
+                for source in call.inputs:
+                    last[source] = position
+            last[self.output.call] = len(self.calls)
+            self._last_use_cache = last
+        return self._last_use_cache
+
+
+def _resolve(value: object, values: dict[_Call, object]) -> object:
+    if isinstance(value, _Ref):
+        result = values[value.call]
+        return result if value.index is None else result[value.index]
+    return value
+
+
+def _record(network: nn.Module, normalized: torch.Tensor) -> _Program:
+    """Record the clean forward pass of ``network`` on ``normalized`` (thread-safe)."""
+    recorder = _Recorder(normalized)
+    with recorder:
+        output = network(normalized)
+    tensors = [c.value for c in recorder.calls if isinstance(c.value, torch.Tensor)] + [normalized]
+    largest = max(t.numel() * t.element_size() for t in tensors)
+    reference = recorder.producers.get(id(output)) if isinstance(output, torch.Tensor) else None
+    problem = recorder.problem
+    if reference is None and problem is None:
+        problem = "its output is not a tensor computed from the image"
+    return _Program(recorder.image, recorder.calls, reference, problem, largest)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Incremental inference
 # --------------------------------------------------------------------------------------------------------------
 
-_POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
-    nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout2d,
-    nn.BatchNorm2d,
-)
-_POINTWISE_FUNCTIONS = {
-    torch.relu, F.relu, torch.sigmoid, torch.tanh, F.gelu, F.silu, F.leaky_relu, F.relu6, F.hardtanh,
-    operator.add, operator.mul, torch.add, torch.mul,
+_POINTWISE = {
+    F.relu, torch.relu, torch.Tensor.relu, torch.sigmoid, torch.Tensor.sigmoid, torch.tanh, torch.Tensor.tanh,
+    F.leaky_relu, F.gelu, F.silu, F.elu, F.selu, F.celu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid,
+    F.softplus, F.mish, torch.add, torch.mul, torch.sub, torch.Tensor.add, torch.Tensor.mul, torch.Tensor.sub,
+    torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__mul__, torch.Tensor.__rmul__,
+    torch.Tensor.__sub__, torch.Tensor.__truediv__,
 }
 _CONCATENATIONS = {torch.cat, torch.concat}
+#: Positional parameter names of the calls whose arguments matter.
+_PARAMETERS = {
+    torch.conv2d: ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    F.max_pool2d: ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    torch.max_pool2d: ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+    F.avg_pool2d: ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    F.adaptive_avg_pool2d: ("input", "output_size"),
+    torch.Tensor.mean: ("input", "dim", "keepdim"),
+    F.dropout: ("input", "p", "training", "inplace"),
+    F.dropout2d: ("input", "p", "training", "inplace"),
+    F.batch_norm: ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+    torch.cat: ("tensors", "dim"),
+    torch.concat: ("tensors", "dim"),
+}
+_DEFAULTS = {"stride": None, "padding": 0, "dilation": 1, "groups": 1, "bias": None, "ceil_mode": False,
+             "return_indices": False, "count_include_pad": True, "divisor_override": None, "dim": 0,
+             "keepdim": False}
+_TRAINING_DEFAULT = {F.dropout: True, F.dropout2d: True, F.batch_norm: False}
+
+
+def _bind(call: _Call) -> dict[str, object]:
+    """The call's arguments by parameter name (with the defaults that matter here)."""
+    names = _PARAMETERS[call.func]
+    bound = {**_DEFAULTS, **dict(zip(names, call.args, strict=False)), **call.kwargs}
+    if call.func is torch.Tensor.mean and "dim" not in call.kwargs and len(call.args) < 2:
+        bound["dim"] = None
+    return bound
 
 
 @dataclass
 class _LocalOp:
-    """A graph node computed on crops: output position g reads input positions ``[g*s - p, g*s - p + k)``.
+    """A call computed on crops: output position g reads input positions ``[g*s - p, g*s - p + k)``.
 
-    ``compute`` takes the input crops (padding already in them) keyed by input node. ``reduces`` marks global
+    ``compute`` takes the input crops (padding already in them) keyed by input call. ``reduces`` marks global
     pooling, whose 1x1 output is always worth computing from the windows.
     """
 
-    node: fx.Node
-    inputs: list[fx.Node]
+    node: _Call
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     pad_value: float
-    compute: Callable[[dict[fx.Node, torch.Tensor]], torch.Tensor]
+    compute: Callable[[dict[_Call, torch.Tensor]], torch.Tensor]
     reduces: bool = False
 
-
-def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _dilated(kernel_size: int | tuple[int, ...], dilation: int | tuple[int, ...]) -> tuple[int, int]:
-    """The span of a dilated kernel, per axis."""
-    return tuple(d * (k - 1) + 1 for d, k in zip(_pair(dilation), _pair(kernel_size), strict=True))
+    @property
+    def inputs(self) -> list[_Call]:
+        return self.node.inputs
 
 
-def _is_one_by_one(output_size: object) -> bool:
-    return output_size in (1, (1, 1), [1, 1])
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = tuple(value)
+    return (value[0], value[0]) if len(value) == 1 else (int(value[0]), int(value[1]))
 
 
-def _local_op(graph_module: fx.GraphModule, node: fx.Node, inputs: list[fx.Node],
-              input_size: tuple[int, int]) -> _LocalOp | None:
+def _local_op(node: _Call, input_size: tuple[int, int]) -> _LocalOp | None:
     """Describe ``node`` as a local operation, or None when it is not one (flatten, linear, reshapes...)."""
 
-    def on_crops(function: Callable[..., torch.Tensor]) -> Callable[[dict[fx.Node, torch.Tensor]], torch.Tensor]:
-        def compute(crops: dict[fx.Node, torch.Tensor]) -> torch.Tensor:
-            args = fx.node.map_arg(node.args, lambda n: crops[n])
-            kwargs = fx.node.map_arg(node.kwargs, lambda n: crops[n])
-            return function(*args, **kwargs)
+    def substituted(crops: dict[_Call, torch.Tensor]) -> tuple[tuple, dict]:
+        def put(value: object) -> object:
+            if isinstance(value, _Ref):
+                return crops[value.call] if value.index is None else crops[value.call][value.index]
+            return value
 
-        return compute
+        return _map(node.args, put), _map(node.kwargs, put)
 
-    def global_mean(x: torch.Tensor, *_: object) -> torch.Tensor:
-        return x.mean(dim=(2, 3), keepdim=True)
+    def with_crops(crops: dict[_Call, torch.Tensor]) -> torch.Tensor:
+        args, kwargs = substituted(crops)
+        return node.func(*args, **kwargs)
 
+    def first_crop(crops: dict[_Call, torch.Tensor]) -> torch.Tensor:
+        return crops[node.inputs[0]]
+
+    if any(isinstance(leaf, _Ref) and leaf.index is not None for leaf in _leaves((node.args, node.kwargs))):
+        return None  # reads one output of a call with several
     pointwise = ((1, 1), (1, 1), (0, 0), 0.0)
-    if node.op == "call_module":
-        module = graph_module.get_submodule(node.target)
-        if len(inputs) != 1 or len(node.args) != 1 or node.kwargs:
+    if node.func in _POINTWISE:
+        constants = [leaf for leaf in _leaves((node.args, node.kwargs)) if isinstance(leaf, torch.Tensor)]
+        if any(c.dim() >= 2 and c.shape[-2:] != (1, 1) for c in constants):
+            return None  # e.g. adding a constant map that varies over space
+        return _LocalOp(node, *pointwise, with_crops)
+    if node.func not in _PARAMETERS:
+        return None
+    bound = _bind(node)
+    if len(node.inputs) != 1 and node.func not in _CONCATENATIONS:
+        return None
+    if node.func in _CONCATENATIONS:
+        return _LocalOp(node, *pointwise, with_crops) if bound["dim"] in (1, -3) else None
+    if node.func in _TRAINING_DEFAULT:
+        training = bound.get("training", _TRAINING_DEFAULT[node.func])
+        return None if training else _LocalOp(node, *pointwise, with_crops)
+    if not isinstance(bound["input"], _Ref):
+        return None
+    if node.func is torch.conv2d:
+        weight, bias, stride, dilation, groups = (bound[k] for k in ("weight", "bias", "stride", "dilation", "groups"))
+        if isinstance(weight, _Ref) or isinstance(bias, _Ref):
             return None
-        if isinstance(module, nn.Conv2d):
-            if module.padding_mode != "zeros" or (isinstance(module.padding, str) and module.padding != "valid"):
-                return None
-            padding = (0, 0) if isinstance(module.padding, str) else _pair(module.padding)
+        kernel = _dilated(weight.shape[2:], dilation)
+        padding = bound["padding"]
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            padding = tuple(k // 2 if k % 2 else (k - 1) // 2 for k in kernel)
+        padding = _pair(padding)
 
-            def convolve(x: torch.Tensor) -> torch.Tensor:
-                return F.conv2d(x, module.weight, module.bias, module.stride, 0, module.dilation, module.groups)
+        def convolve(crops: dict[_Call, torch.Tensor]) -> torch.Tensor:
+            return torch.conv2d(first_crop(crops), weight, bias, stride, 0, dilation, groups)
 
-            return _LocalOp(node, inputs, _dilated(module.kernel_size, module.dilation), _pair(module.stride),
-                            padding, 0.0, on_crops(convolve))
-        if isinstance(module, nn.MaxPool2d) and not module.return_indices:
-            stride = _pair(module.stride if module.stride is not None else module.kernel_size)
+        return _LocalOp(node, kernel, _pair(stride), padding, 0.0, convolve)
+    if node.func in (F.max_pool2d, torch.max_pool2d) and not bound["return_indices"]:
+        kernel_size, dilation = bound["kernel_size"], bound["dilation"]
+        stride = bound["stride"] if bound["stride"] not in (None, (), []) else kernel_size
 
-            def max_pool(x: torch.Tensor) -> torch.Tensor:
-                return F.max_pool2d(x, module.kernel_size, stride, 0, module.dilation)
+        def max_pool(crops: dict[_Call, torch.Tensor]) -> torch.Tensor:
+            return F.max_pool2d(first_crop(crops), kernel_size, stride, 0, dilation)
 
-            return _LocalOp(node, inputs, _dilated(module.kernel_size, module.dilation), stride,
-                            _pair(module.padding), float("-inf"), on_crops(max_pool))
-        if isinstance(module, nn.AvgPool2d) and not module.ceil_mode and (
-                module.count_include_pad or _pair(module.padding) == (0, 0)):
-            stride = _pair(module.stride if module.stride is not None else module.kernel_size)
+        return _LocalOp(node, _dilated(kernel_size, dilation), _pair(stride), _pair(bound["padding"]),
+                        float("-inf"), max_pool)
+    if node.func is F.avg_pool2d and not bound["ceil_mode"] and (
+            bound["count_include_pad"] or _pair(bound["padding"]) == (0, 0)):
+        kernel_size, divisor = bound["kernel_size"], bound["divisor_override"]
+        stride = bound["stride"] if bound["stride"] not in (None, (), []) else kernel_size
 
-            def average_pool(x: torch.Tensor) -> torch.Tensor:
-                return F.avg_pool2d(x, module.kernel_size, stride, 0, divisor_override=module.divisor_override)
+        def average_pool(crops: dict[_Call, torch.Tensor]) -> torch.Tensor:
+            return F.avg_pool2d(first_crop(crops), kernel_size, stride, 0, divisor_override=divisor)
 
-            return _LocalOp(node, inputs, _pair(module.kernel_size), stride, _pair(module.padding), 0.0,
-                            on_crops(average_pool))
-        if isinstance(module, nn.AdaptiveAvgPool2d) and _is_one_by_one(module.output_size):
-            return _LocalOp(node, inputs, input_size, (1, 1), (0, 0), 0.0, on_crops(global_mean), reduces=True)
-        if isinstance(module, _POINTWISE_MODULES) and not module.training:
-            return _LocalOp(node, inputs, *pointwise, on_crops(module))
-        return None
-    if node.op != "call_function":
-        return None
-    if node.target in _POINTWISE_FUNCTIONS:
-        return _LocalOp(node, inputs, *pointwise, on_crops(node.target))
-    if node.target in _CONCATENATIONS:
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        return _LocalOp(node, inputs, *pointwise, on_crops(node.target)) if dim in (1, -3) else None
-    if node.target is F.adaptive_avg_pool2d and len(inputs) == 1:
-        output_size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
-        if _is_one_by_one(output_size):
-            return _LocalOp(node, inputs, input_size, (1, 1), (0, 0), 0.0, on_crops(global_mean), reduces=True)
+        return _LocalOp(node, _pair(kernel_size), _pair(stride), _pair(bound["padding"]), 0.0, average_pool)
+    global_mean = (node.func is F.adaptive_avg_pool2d and bound["output_size"] in (1, (1, 1), [1, 1])) or (
+        node.func is torch.Tensor.mean and bound["keepdim"] and bound["dim"] is not None
+        and sorted(d % 4 for d in _pair(bound["dim"])) == [2, 3])
+    if global_mean:
+        def mean(crops: dict[_Call, torch.Tensor]) -> torch.Tensor:
+            return first_crop(crops).mean(dim=(2, 3), keepdim=True)
+
+        return _LocalOp(node, input_size, (1, 1), (0, 0), 0.0, mean, reduces=True)
     return None
+
+
+def _dilated(kernel_size: int | Sequence[int], dilation: int | Sequence[int]) -> tuple[int, int]:
+    """The span of a dilated kernel, per axis."""
+    return tuple(d * (k - 1) + 1 for d, k in zip(_pair(dilation), _pair(kernel_size), strict=True))
 
 
 def _affected(start: int, stop: int, kernel: int, stride: int, padding: int, size: int) -> tuple[int, int]:
@@ -601,98 +818,104 @@ def _affected(start: int, stop: int, kernel: int, stride: int, padding: int, siz
     return first, max(first, last)
 
 
-def _crops(source: torch.Tensor, tops: Sequence[int], lefts: Sequence[int], height: int, width: int) -> torch.Tensor:
-    """``(B, C, height, width)`` channels-last crops at per-element corners of ``source``, an ``(H, W, C)`` map."""
-    crops = [source[top:top + height, left:left + width] for top, left in zip(tops, lefts, strict=True)]
-    return torch.stack(crops).permute(0, 3, 1, 2)
+def _grid_index(tops: torch.Tensor, lefts: torch.Tensor, height: int, width: int, map_width: int) -> torch.Tensor:
+    """``(B, height, width)`` flat indices ``row * map_width + col`` of windows with per-element corners."""
+    rows = tops.view(-1, 1, 1) + torch.arange(height, device=tops.device).view(1, -1, 1)
+    cols = lefts.view(-1, 1, 1) + torch.arange(width, device=tops.device).view(1, 1, -1)
+    return rows * map_width + cols
 
 
-def _paste(target: torch.Tensor, windows: torch.Tensor, rows: Sequence[int], cols: Sequence[int]) -> None:
-    """Write ``windows[i]`` into ``target[i]`` at offset ``(rows[i], cols[i])``, clipped to ``target``."""
-    height, width = windows.shape[2:]
-    limit_rows, limit_cols = target.shape[2:]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, offset in enumerate(zip(rows, cols, strict=True)):
-        groups.setdefault(offset, []).append(i)
-    for (dy, dx), members in groups.items():
-        y0, y1 = max(dy, 0), min(dy + height, limit_rows)
-        x0, x1 = max(dx, 0), min(dx + width, limit_cols)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        source = windows[:, :, y0 - dy:y1 - dy, x0 - dx:x1 - dx]
-        if len(members) == len(rows):
-            target[:, :, y0:y1, x0:x1] = source
-        elif len(members) == 1:
-            target[members[0], :, y0:y1, x0:x1] = source[members[0]]
-        else:
-            index = torch.tensor(members, device=target.device)
-            target[index, :, y0:y1, x0:x1] = source[index]
+def _gather(flat_map: torch.Tensor, map_width: int, tops: torch.Tensor, lefts: torch.Tensor, height: int,
+            width: int) -> torch.Tensor:
+    """``(B, height, width, C)`` windows of a map stored as ``(rows * map_width, C)``, at per-element corners."""
+    index = _grid_index(tops, lefts, height, width, map_width).reshape(-1)
+    return flat_map.index_select(0, index).view(len(tops), height, width, -1)
+
+
+def _scatter(target: torch.Tensor, windows: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    """Write ``windows[i]`` (``(B, C, h, w)``) into ``target[i]`` (``(B, H, W, C)``) at ``(rows[i], cols[i])``.
+
+    The parts of a window that fall outside the target are dropped.
+    """
+    batch, height, width, channels = target.shape
+    size_h, size_w = windows.shape[2:]
+    target_rows = rows.view(-1, 1) + torch.arange(size_h, device=rows.device).view(1, -1)  # (B, h)
+    target_cols = cols.view(-1, 1) + torch.arange(size_w, device=cols.device).view(1, -1)  # (B, w)
+    batch_offset = torch.arange(batch, device=rows.device).view(-1, 1, 1) * (height * width)
+    index = (batch_offset + target_rows[:, :, None] * width + target_cols[:, None, :]).reshape(-1)
+    values = windows.permute(0, 2, 3, 1).reshape(-1, channels)
+    inside_rows = (target_rows >= 0) & (target_rows < height)
+    inside_cols = (target_cols >= 0) & (target_cols < width)
+    inside = (inside_rows[:, :, None] & inside_cols[:, None, :]).reshape(-1)
+    if not bool(inside.all()):
+        index, values = index[inside], values[inside]
+    target.view(-1, channels).index_copy_(0, index, values)
+
+
+def _flat(feature_map: torch.Tensor) -> torch.Tensor:
+    """A single ``(1, C, H, W)`` map as ``(H * W, C)`` rows (contiguous)."""
+    return feature_map[0].permute(1, 2, 0).reshape(-1, feature_map.shape[1]).contiguous()
 
 
 Span = tuple[int, int]  # positions [a, b) along one axis
 
 
 class _IncrementalPlan:
-    """Which graph nodes are recomputed on windows, the windows' sizes and corners, and the clean maps.
+    """Which recorded calls are recomputed on windows, the windows' sizes and corners, and the clean maps.
 
-    Spans are separable: the rows a node recomputes depend only on the patch's rows. So the plan tabulates, per
-    node, the window corner for every distinct patch row span (and column span) of the boxes it was built for.
+    Spans are separable: the rows a call recomputes depend only on the patch's rows. So the plan tabulates, per
+    call, the window corner for every distinct patch row span (and column span) of the boxes it was built for.
     """
 
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self.graph_module: fx.GraphModule | None = None
-        self.input_node: fx.Node | None = None
-        self.clean: dict[fx.Node, object] = {}
+    def __init__(self, program: _Program) -> None:
+        self.program = program
+        self.reason: str | None = program.problem
+        self.clean: dict[_Call, object] = {}
         self.ops: list[_LocalOp] = []
-        self.sizes: dict[fx.Node, tuple[int, int]] = {}
-        self.corners: dict[fx.Node, tuple[dict[Span, int], dict[Span, int]]] = {}
-        self.frontier: list[fx.Node] = []
-        self.padded: dict[tuple[fx.Node, fx.Node], torch.Tensor] = {}
+        self.sizes: dict[_Call, tuple[int, int]] = {}
+        self.corners: dict[_Call, tuple[dict[Span, int], dict[Span, int]]] = {}
+        self.frontier: list[_Call] = []
+        self.padded: dict[tuple[_Call, _Call], tuple[torch.Tensor, int]] = {}
         self.work_fraction = 1.0
-        self.peak_bytes = 0
+        self.bytes_per_image = 0
+        self.layout = _CHANNELS_LAST  # of the full-size maps handed to the rest of the network
 
     @classmethod
-    def build(cls, network: nn.Module, normalized: torch.Tensor, boxes: list[Box]) -> _IncrementalPlan:
-        """Trace ``network``, record its clean activations and choose what to recompute for these ``boxes``."""
-        plan = cls()
-        try:
-            plan.graph_module = fx.symbolic_trace(network)
-        except Exception as error:  # any tracing failure means "cannot plan"
-            plan.reason = f"torch.fx cannot trace the network ({type(error).__name__}: {error})"
+    def build(cls, program: _Program, normalized: torch.Tensor, fill_normalized: torch.Tensor, boxes: list[Box],
+              test_boxes: list[Box], reference: torch.Tensor) -> _IncrementalPlan:
+        """Choose what to recompute for ``boxes``; check that the plan gives ``reference`` for ``test_boxes``."""
+        plan = cls(program)
+        if plan.reason is not None:
             return plan
-        placeholders = [n for n in plan.graph_module.graph.nodes if n.op == "placeholder"]
-        if len(placeholders) != 1:
-            plan.reason = f"the network's forward takes {len(placeholders)} inputs, not one image batch"
-            return plan
-        plan.input_node = placeholders[0]
-        clean = _evaluate(plan.graph_module, {plan.input_node: normalized}, keep_all=True)
-        output = clean[next(n for n in plan.graph_module.graph.nodes if n.op == "output")]
-        reference = network(normalized)
-        if not isinstance(output, torch.Tensor) or not torch.allclose(output, reference, rtol=1e-5, atol=1e-6):
-            plan.reason = "the traced graph does not reproduce the network's output"
-            return plan
-        plan.clean = {node: value.contiguous(memory_format=_CHANNELS_LAST)
-                      if isinstance(value, torch.Tensor) and value.dim() == 4 else value
-                      for node, value in clean.items()}
-        plan.peak_bytes = 2 * max(v.numel() * v.element_size() for v in clean.values() if isinstance(v, torch.Tensor))
+        plan.clean = {call: call.value.contiguous(memory_format=_CHANNELS_LAST)
+                      if isinstance(call.value, torch.Tensor) and call.value.dim() == 4 else call.value
+                      for call in [program.image, *program.calls]}
         plan._select(boxes)
+        problem = ""
+        for layout in (_CHANNELS_LAST, torch.contiguous_format):
+            plan.layout = layout
+            reproduced, problem = _reproduces(lambda: plan.run(fill_normalized, test_boxes), reference)
+            if reproduced:
+                return plan
+        plan.reason = f"recomputing windows did not reproduce the network on two test patches{problem}"
         return plan
 
-    def _shape(self, node: fx.Node) -> tuple[int, int]:
+    def _shape(self, node: _Call) -> tuple[int, int]:
         return tuple(self.clean[node].shape[2:])
 
     def _select(self, boxes: list[Box]) -> None:
-        """Pick the nodes to compute on windows and their window sizes; estimate the fraction of work left."""
-        rows = {self.input_node: {span: span for span in {(b[0], b[1]) for b in boxes}}}
-        cols = {self.input_node: {span: span for span in {(b[2], b[3]) for b in boxes}}}
-        self._accept(self.input_node, rows, cols)
+        """Pick the calls to compute on windows and their window sizes; estimate the fraction of work left."""
+        image = self.program.image
+        rows = {image: {span: span for span in {(b[0], b[1]) for b in boxes}}}
+        cols = {image: {span: span for span in {(b[2], b[3]) for b in boxes}}}
+        self._accept(image, rows, cols)
         total_work = remaining_work = 0.0
-        for node in self.graph_module.graph.nodes:
-            value = self.clean.get(node)
-            if node.op in ("placeholder", "output") or not isinstance(value, torch.Tensor):
+        full_bytes = window_bytes = 0
+        for node in self.program.calls:
+            value = self.clean[node]
+            if not isinstance(value, torch.Tensor):
                 continue
-            work = float(value.numel()) * _work_per_output(self.graph_module, node)
+            work = float(value.numel()) * _work_per_output(node)
             total_work += work
             op = self._local_op(node)
             if op is not None:
@@ -703,17 +926,23 @@ class _IncrementalPlan:
                 if op.reduces or size[0] * size[1] <= INCREMENTAL_MAX_FRACTION * height * width:
                     self.ops.append(op)
                     remaining_work += work * size[0] * size[1] / (height * width)
+                    window_bytes = max(window_bytes, value.element_size() * value.shape[1] * (
+                        (size[0] - 1) * op.stride[0] + op.kernel[0]) * ((size[1] - 1) * op.stride[1] + op.kernel[1]))
                     continue
                 del self.sizes[node], self.corners[node]
             remaining_work += work
+            full_bytes = max(full_bytes, value.numel() * value.element_size())
         for op in self.ops:
             for source in op.inputs:
                 self.padded[(source, op.node)] = self._padded_clean(source, op)
-        self.frontier = [n for n in self.sizes if any(user not in self.sizes for user in n.users)]
+        output = self.program.output.call
+        self.frontier = [n for n in self.sizes if n is output or any(user not in self.sizes for user in n.users)]
+        full_bytes = max([full_bytes] + [self.clean[n].numel() * self.clean[n].element_size() for n in self.frontier])
         self.work_fraction = remaining_work / max(total_work, 1.0)
+        self.bytes_per_image = 2 * max(full_bytes, window_bytes)
 
-    def _accept(self, node: fx.Node, rows: dict[fx.Node, dict[Span, Span]],
-                cols: dict[fx.Node, dict[Span, Span]]) -> tuple[int, int]:
+    def _accept(self, node: _Call, rows: dict[_Call, dict[Span, Span]],
+                cols: dict[_Call, dict[Span, Span]]) -> tuple[int, int]:
         """Window size (the longest span) and window corners of ``node`` (windows stay inside the map)."""
         height, width = self._shape(node)
         size = (max(1, *(b - a for a, b in rows[node].values())), max(1, *(b - a for a, b in cols[node].values())))
@@ -722,79 +951,83 @@ class _IncrementalPlan:
                               {key: min(a, width - size[1]) for key, (a, _) in cols[node].items()})
         return size
 
-    def _local_op(self, node: fx.Node) -> _LocalOp | None:
-        """``node`` as a local operation on nodes already computed on windows, or None."""
-        inputs = [n for n in node.all_input_nodes if isinstance(self.clean.get(n), torch.Tensor)]
-        if not inputs or not all(n in self.sizes and self.clean[n].dim() == 4 for n in inputs):
+    def _local_op(self, node: _Call) -> _LocalOp | None:
+        """``node`` as a local operation on calls already computed on windows, or None."""
+        if not node.inputs or not all(n in self.sizes and self.clean[n].dim() == 4 for n in node.inputs):
             return None
         if self.clean[node].dim() != 4:
             return None
-        op = _local_op(self.graph_module, node, inputs, self._shape(inputs[0]))
-        if op is not None and op.kernel == (1, 1) and any(self._shape(n) != self._shape(node) for n in inputs):
+        op = _local_op(node, self._shape(node.inputs[0]))
+        if op is not None and op.kernel == (1, 1) and any(self._shape(n) != self._shape(node) for n in node.inputs):
             return None  # e.g. an element-wise sum that broadcasts over space
         return op
 
-    def _padded_clean(self, source: fx.Node, op: _LocalOp) -> torch.Tensor:
-        """``(H, W, C)``: the clean input map of ``op``, padded with its padding value so every crop fits inside."""
+    def _padded_clean(self, source: _Call, op: _LocalOp) -> tuple[torch.Tensor, int]:
+        """The clean input map of ``op`` padded with its padding value so every crop fits inside: flat, and width."""
         out_height, out_width = self._shape(op.node)
         in_height, in_width = self._shape(source)
         (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
         bottom = max(0, (out_height - 1) * sh - ph + kh - in_height)
         right = max(0, (out_width - 1) * sw - pw + kw - in_width)
         padded = F.pad(self.clean[source], (pw, right, ph, bottom), value=op.pad_value)
-        return padded[0].permute(1, 2, 0).contiguous()
+        return _flat(padded), padded.shape[3]
 
     def run(self, fill_normalized: torch.Tensor, boxes: list[Box]) -> torch.Tensor:
         """Logits of the occluded images for ``boxes`` (a subset of the boxes the plan was built for)."""
         row_keys = [(b[0], b[1]) for b in boxes]
         col_keys = [(b[2], b[3]) for b in boxes]
-        corners = {node: ([row_corners[k] for k in row_keys], [col_corners[k] for k in col_keys])
+        corners = {node: (torch.tensor([row_corners[k] for k in row_keys]),
+                          torch.tensor([col_corners[k] for k in col_keys]))
                    for node, (row_corners, col_corners) in self.corners.items()}
-        values = {self.input_node: self._input_window(fill_normalized, boxes, corners[self.input_node])}
+        image = self.program.image
+        values = {image: self._input_window(fill_normalized, boxes, corners[image])}
         for op in self.ops:
             crops = {source: self._input_crop(source, op, corners[op.node], values[source], corners[source])
                      for source in op.inputs}
             values[op.node] = op.compute(crops)
-        environment: dict[fx.Node, object] = dict.fromkeys(self.sizes)
+        environment: dict[_Call, object] = dict.fromkeys(self.sizes)
         for node in self.frontier:
-            full = torch.empty((len(boxes), *self.clean[node].shape[1:]), memory_format=_CHANNELS_LAST,
-                               device=self.clean[node].device)
-            full.copy_(self.clean[node].expand_as(full))
-            _paste(full, values[node], *corners[node])
-            environment[node] = full
-        return _evaluate(self.graph_module, environment)
+            clean = self.clean[node]
+            full = _flat(clean).repeat(len(boxes), 1).view(len(boxes), *clean.shape[2:], clean.shape[1])
+            _scatter(full, values[node], *corners[node])
+            environment[node] = full.permute(0, 3, 1, 2).contiguous(memory_format=self.layout)
+        return self.program.replay(environment)
 
-    def _input_window(self, fill: torch.Tensor, boxes: list[Box], corners: tuple[list[int], list[int]]) -> torch.Tensor:
-        """The occluded images inside the input node's windows."""
-        height, width = self.sizes[self.input_node]
+    def _input_window(self, fill: torch.Tensor, boxes: list[Box],
+                      corners: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The occluded images inside the image's windows."""
+        image = self.program.image
+        height, width = self.sizes[image]
         tops, lefts = corners
-        clean = _crops(self.clean[self.input_node][0].permute(1, 2, 0), tops, lefts, height, width)
-        filled = _crops(fill[0].permute(1, 2, 0), tops, lefts, height, width)
-        rows = torch.arange(height).view(1, height) + torch.tensor(tops).view(-1, 1)
-        cols = torch.arange(width).view(1, width) + torch.tensor(lefts).view(-1, 1)
+        clean = self.clean[image]
+        map_width = clean.shape[3]
+        clean_windows = _gather(_flat(clean), map_width, tops, lefts, height, width)
+        fill_windows = _gather(_flat(fill), map_width, tops, lefts, height, width)
+        rows = torch.arange(height).view(1, height) + tops.view(-1, 1)
+        cols = torch.arange(width).view(1, width) + lefts.view(-1, 1)
         box = torch.tensor(boxes)
         inside_rows = (rows >= box[:, 0:1]) & (rows < box[:, 1:2])
         inside_cols = (cols >= box[:, 2:3]) & (cols < box[:, 3:4])
-        mask = (inside_rows[:, None, :, None] & inside_cols[:, None, None, :]).to(clean.device)
-        return torch.where(mask, filled, clean)
+        inside = (inside_rows[:, :, None, None] & inside_cols[:, None, :, None]).to(clean.device)
+        return torch.where(inside, fill_windows, clean_windows).permute(0, 3, 1, 2)
 
-    def _input_crop(self, source: fx.Node, op: _LocalOp, corners: tuple[list[int], list[int]],
-                    source_values: torch.Tensor, source_corners: tuple[list[int], list[int]]) -> torch.Tensor:
+    def _input_crop(self, source: _Call, op: _LocalOp, corners: tuple[torch.Tensor, torch.Tensor],
+                    source_values: torch.Tensor, source_corners: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """What ``op`` reads of ``source``'s occluded map for its windows: the clean map with the new window pasted."""
         (size_h, size_w), (kh, kw), (sh, sw) = self.sizes[op.node], op.kernel, op.stride
         height, width = (size_h - 1) * sh + kh, (size_w - 1) * sw + kw
-        tops = [t * sh for t in corners[0]]  # in the coordinates of the padded clean map
-        lefts = [t * sw for t in corners[1]]
-        if op.padding == (0, 0) and (height, width) == self.sizes[source] and (tops, lefts) == source_corners:
+        tops, lefts = corners[0] * sh, corners[1] * sw  # in the coordinates of the padded clean map
+        if op.padding == (0, 0) and (height, width) == self.sizes[source] and torch.equal(
+                tops, source_corners[0]) and torch.equal(lefts, source_corners[1]):
             return source_values  # e.g. a point-wise op reading exactly the window below
-        crops = _crops(self.padded[(source, op.node)], tops, lefts, height, width)
-        _paste(crops, source_values,
-               [t + op.padding[0] - c for t, c in zip(source_corners[0], tops, strict=True)],
-               [t + op.padding[1] - c for t, c in zip(source_corners[1], lefts, strict=True)])
-        return crops
+        padded, padded_width = self.padded[(source, op.node)]
+        crops = _gather(padded, padded_width, tops, lefts, height, width)
+        _scatter(crops, source_values, source_corners[0] + op.padding[0] - tops,
+                 source_corners[1] + op.padding[1] - lefts)
+        return crops.permute(0, 3, 1, 2)
 
 
-def _propagate(op: _LocalOp, axis: int, spans: dict[fx.Node, dict[Span, Span]], size: int) -> dict[Span, Span]:
+def _propagate(op: _LocalOp, axis: int, spans: dict[_Call, dict[Span, Span]], size: int) -> dict[Span, Span]:
     """Affected output span of ``op`` along ``axis`` per patch span (the hull of its inputs' spans)."""
     keys = spans[op.inputs[0]].keys()
     result = {}
@@ -805,43 +1038,11 @@ def _propagate(op: _LocalOp, axis: int, spans: dict[fx.Node, dict[Span, Span]], 
     return result
 
 
-def _work_per_output(graph_module: fx.GraphModule, node: fx.Node) -> float:
-    """Rough multiply-adds per output element (convolutions dominate; other layers count 1)."""
-    if node.op == "call_module":
-        module = graph_module.get_submodule(node.target)
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels // module.groups * math.prod(_pair(module.kernel_size))
-        if isinstance(module, nn.Linear):
-            return module.in_features
+def _work_per_output(node: _Call) -> float:
+    """Rough multiply-adds per output element (convolutions and linear layers dominate; others count 1)."""
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    if node.func is torch.conv2d and isinstance(weight, torch.Tensor):
+        return float(weight[0].numel())
+    if node.func is F.linear and isinstance(weight, torch.Tensor):
+        return float(weight.shape[1])
     return 1.0
-
-
-def _evaluate(graph_module: fx.GraphModule, environment: dict[fx.Node, object], *,
-              keep_all: bool = False) -> object:
-    """Run the graph's nodes that ``environment`` does not already hold; return the output (or every value)."""
-    values = dict(environment)
-    for node in graph_module.graph.nodes:
-        if node in values:
-            continue
-        if node.op == "output":
-            result = fx.node.map_arg(node.args[0], lambda n: values[n])
-            return {**values, node: result} if keep_all else result
-        args = fx.node.map_arg(node.args, lambda n: values[n])
-        kwargs = fx.node.map_arg(node.kwargs, lambda n: values[n])
-        if node.op == "call_module":
-            values[node] = graph_module.get_submodule(node.target)(*args, **kwargs)
-        elif node.op == "call_function":
-            values[node] = node.target(*args, **kwargs)
-        elif node.op == "call_method":
-            values[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
-        elif node.op == "get_attr":
-            values[node] = _attribute(graph_module, node.target)
-        else:
-            raise RuntimeError(f"Unexpected graph node {node.format_node()}.")
-    raise RuntimeError("The traced graph has no output node.")
-
-
-def _attribute(module: nn.Module, path: str) -> object:
-    for name in path.split("."):
-        module = getattr(module, name)
-    return module
