@@ -7,7 +7,11 @@ Model: ImageNet SqueezeNet 1.0 at 224 px, window 15, stride 8 when the shared we
 (/work/shared/weights/squeezenet1_0_imagenet_fp16.pth or $VIZTOOLS_TEST_WEIGHTS), else GlyphNet at 64 px,
 window 12, stride 4. Both libraries compute the same thing: the target-class probability, grey (0.5) patches in
 pixel space, Captum's patch positions (viztools ``edges="clip"``), heatmap = mean drop over the covering patches.
-The table reports seconds, speed-ups against Captum and the largest heatmap difference from Captum's best run.
+
+Every case runs once per round, rounds interleaved so that load from other processes hits all cases alike; the
+one-image-at-a-time cases (Captum's default, viztools' naive loop) run in the first round only. The table shows
+the best wall-clock and CPU time per case, speed-ups against Captum's fastest setting and its default, and the
+largest heatmap difference from Captum's fastest setting.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,22 +43,26 @@ def load_case() -> tuple[viztools.VizModel, torch.Tensor, int, int, str]:
     return model, images, 12, 4, "GlyphNet, a GlyphWorld image of 64 px (the shared ImageNet weights are absent)"
 
 
-def timed(function: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
-    """Best wall-clock time of ``repeats`` runs (a single run when the first one takes over 10 s)."""
-    best, result = float("inf"), None
-    for attempt in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-        if attempt == 0 and best > 10:
-            break
-    return best, result
+@dataclass
+class Case:
+    name: str
+    run: Callable[[], torch.Tensor | None]
+    slow: bool = False
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    heatmap: torch.Tensor | None = None
+
+    def measure(self) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.heatmap = self.run()
+        self.wall.append(time.perf_counter() - wall)
+        self.cpu.append(time.process_time() - cpu)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip Captum's default and viztools' naive loop")
-    parser.add_argument("--repeats", type=int, default=3, help="best of N for runs under 10 s (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the fast cases (default 3)")
     args = parser.parse_args()
 
     from captum.attr import Occlusion
@@ -77,47 +86,55 @@ def main() -> None:
         return lambda: occlusion(model, image, target, patch_size=window, stride=stride, fill="grey",
                                  method=method, edges="clip").heatmap("drop")
 
-    def coarse_first() -> torch.Tensor:
-        maps = occlusion_coarse_to_fine(model, image, target, patch_size=window, stride=stride, edges="clip")
-        return next(maps).heatmap("drop")
+    def coarse_first() -> None:
+        next(occlusion_coarse_to_fine(model, image, target, patch_size=window, stride=stride, edges="clip"))
 
-    rows: list[tuple[str, float, torch.Tensor | None]] = []
-    captum_batches = (16, 64) if args.quick else (1, 16, 64)
-    for batch in captum_batches:
-        seconds, heat = timed(captum(batch), args.repeats)
-        rows.append((f"Captum Occlusion, perturbations_per_eval={batch}", seconds, heat))
-    methods = ("batched", "incremental", "auto") if args.quick else ("naive", "batched", "incremental", "auto")
-    for method in methods:
-        seconds, heat = timed(ours(method), args.repeats)
-        rows.append((f"viztools occlusion, method={method!r}", seconds, heat))
-    seconds, _ = timed(coarse_first, args.repeats)
-    rows.append(("viztools occlusion_coarse_to_fine, first (coarse) map", seconds, None))
+    cases = [
+        Case("Captum Occlusion, perturbations_per_eval=1", captum(1), slow=True),
+        Case("Captum Occlusion, perturbations_per_eval=16", captum(16)),
+        Case("Captum Occlusion, perturbations_per_eval=64", captum(64)),
+        Case("viztools occlusion, method='naive'", ours("naive"), slow=True),
+        Case("viztools occlusion, method='batched'", ours("batched")),
+        Case("viztools occlusion, method='incremental'", ours("incremental")),
+        Case("viztools occlusion, method='auto'", ours("auto")),
+        Case("viztools occlusion_coarse_to_fine, first (coarse) map", coarse_first),
+    ]
+    if args.quick:
+        cases = [case for case in cases if not case.slow]
+    for round_number in range(args.rounds):
+        for case in cases:
+            if round_number == 0 or not case.slow:
+                case.measure()
+                print(f"round {round_number + 1}: {case.name}: {case.wall[-1]:.2f} s", flush=True)
 
-    captum_rows = [row for row in rows if row[0].startswith("Captum")]
-    best_name, best_seconds, best_heat = min(captum_rows, key=lambda row: row[1])
-    default_seconds = next((s for name, s, _ in captum_rows if name.endswith("=1")), None)
-
+    captum_cases = [case for case in cases if case.name.startswith("Captum")]
+    best = min(captum_cases, key=lambda case: min(case.wall))
+    default = next((case for case in captum_cases if case.name.endswith("=1")), None)
     positions = len(patch_starts(image.shape[-1], window, stride, "clip")) ** 2
-    print(f"\nOcclusion benchmark: {description}; window {window}, stride {stride}, {positions} patch positions")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {platform.machine()}, load average "
-          f"{os.getloadavg()[0]:.1f} at the end (the CPU is shared: compare ratios, not seconds)\n")
-    table = [("method", "seconds", "vs Captum best", "vs Captum ppe=1", "max |Δ heatmap| vs Captum best")]
-    for name, seconds, heat in rows:
+    print(f"\nOcclusion benchmark: {description}; window {window}, stride {stride}, {positions} patch positions.")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads on {platform.machine()}; load average "
+          f"{os.getloadavg()[0]:.1f} at the end. The CPU is shared: compare ratios, not seconds.\n")
+    table = [("method", "wall s", "CPU s", "vs Captum best", "(CPU)", "vs Captum ppe=1", "max |Δ heatmap|")]
+    for case in cases:
+        wall, cpu = min(case.wall), min(case.cpu)
         table.append((
-            name,
-            f"{seconds:.2f}",
-            f"{best_seconds / seconds:.1f}x",
-            f"{default_seconds / seconds:.1f}x" if default_seconds else "skipped",
-            "" if heat is None else f"{float((heat - best_heat).abs().max()):.1e}",
+            case.name,
+            f"{wall:.2f}",
+            f"{cpu:.2f}",
+            f"{min(best.wall) / wall:.1f}x",
+            f"{min(best.cpu) / cpu:.1f}x",
+            f"{min(default.wall) / wall:.1f}x" if default else "skipped",
+            "" if case.heatmap is None else f"{float((case.heatmap - best.heatmap).abs().max()):.1e}",
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for number, row in enumerate(table):
-        cells = [cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in
-                 enumerate(zip(row, widths, strict=True))]
+        cells = [cell.ljust(width) if i == 0 else cell.rjust(width)
+                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))]
         print("| " + " | ".join(cells) + " |")
         if number == 0:
             print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
-    print(f"\nCaptum best: {best_name}.")
+    print(f"\nCaptum best: {best.name}. Times are the best of {args.rounds} rounds (slow cases: one run); "
+          "the heatmap difference is against Captum's best.")
 
 
 if __name__ == "__main__":

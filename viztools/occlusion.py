@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,10 @@ from torch.overrides import TorchFunctionMode
 
 from viztools._validation import check_choice, check_float, check_image, check_int
 from viztools.models import VizModel
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 FILLS = ("grey", "black", "mean", "blur")
 METHODS = ("auto", "incremental", "batched", "naive")
@@ -49,7 +54,8 @@ INCREMENTAL_MAX_FRACTION = 0.85
 AUTO_MAX_WORK_FRACTION = 0.8
 #: Activation memory (bytes) one batch of occluded images may use when ``batch_size`` is None.
 MEMORY_BUDGET = 256 * 2**20
-MAX_BATCH_SIZE = 32  # larger batches run slower on CPU here (working sets fall out of cache)
+#: Largest automatic batch: larger ones ran slower here (their working sets fall out of the CPU caches).
+MAX_BATCH_SIZE = 32
 _CHANNELS_LAST = torch.channels_last
 
 
@@ -92,7 +98,8 @@ class OcclusionResult:
     """Target-class probability with the patch at each position (rows x cols of patch positions).
 
     ``row_starts`` / ``col_starts`` are the patches' top-left coordinates (default: the ``edges="shift"`` grid);
-    a patch covers ``[start, start + patch_size)`` clipped to the image. ``method`` names the method that ran.
+    a patch covers ``[start, start + patch_size)`` clipped to the image. ``method`` names the method that ran
+    (``"none"`` when no position needed evaluating: all known from a coarse pass, or patches equal to the image).
     """
 
     probability: torch.Tensor
@@ -181,7 +188,8 @@ def occlusion(
         method: ``"incremental"`` (recompute only the patch's cone of influence), ``"batched"``, ``"naive"``
             (one image per forward pass, the reference) or ``"auto"`` (incremental where it saves work).
         progress: called as ``progress(done, total)`` (patch positions) after every batch.
-        should_stop: polled before every batch; returning True raises :class:`OcclusionCancelled`.
+        should_stop: polled before the set-up and before every batch after the first; returning True raises
+            :class:`OcclusionCancelled` (the widget uses it to drop stale work).
         edges: ``"shift"`` or ``"clip"``: where the last patch of a row or column goes (module docstring).
     """
     return _run_occlusion(
@@ -219,24 +227,27 @@ def occlusion_coarse_to_fine(
     coarse_stride = check_int(coarse_stride, "coarse_stride", low=1)
     edges = kwargs.get("edges", "shift")
     height, width = pixels.shape[2:]
-    coarse_count = len(patch_starts(height, patch_size, coarse_stride, edges)) * len(
-        patch_starts(width, patch_size, coarse_stride, edges))
     fine_rows = patch_starts(height, patch_size, stride, edges)
     fine_cols = patch_starts(width, patch_size, stride, edges)
 
-    coarse = _run_occlusion(model, pixels, target, patch_size=patch_size, stride=coarse_stride, fill=fill,
-                            progress=None, **kwargs)
-    known = {(r, c): float(coarse.probability[i, j])
-             for i, r in enumerate(coarse.row_starts) for j, c in enumerate(coarse.col_starts)}
-    reused = sum((r, c) in known for r in fine_rows for c in fine_cols)
-    total = coarse_count + len(fine_rows) * len(fine_cols) - reused
-    if progress is not None:
-        progress(coarse_count, total)
-    yield coarse
+    coarse_rows = patch_starts(height, patch_size, coarse_stride, edges)
+    coarse_cols = patch_starts(width, patch_size, coarse_stride, edges)
+    reused = len(set(coarse_rows) & set(fine_rows)) * len(set(coarse_cols) & set(fine_cols))
+    total = len(coarse_rows) * len(coarse_cols) + len(fine_rows) * len(fine_cols) - reused
+
+    def coarse_progress(done: int, coarse_total: int) -> None:
+        if progress is not None:
+            progress(done, total)
 
     def fine_progress(done: int, fine_total: int) -> None:
         if progress is not None:
-            progress(coarse_count + done - reused, total)
+            progress(len(coarse_rows) * len(coarse_cols) + done - reused, total)
+
+    coarse = _run_occlusion(model, pixels, target, patch_size=patch_size, stride=coarse_stride, fill=fill,
+                            progress=coarse_progress, **kwargs)
+    yield coarse
+    known = {(r, c): float(coarse.probability[i, j])
+             for i, r in enumerate(coarse.row_starts) for j, c in enumerate(coarse.col_starts)}
 
     yield _run_occlusion(model, pixels, coarse.target, patch_size=patch_size, stride=stride, fill=fill,
                          progress=fine_progress, known=known, **kwargs)
@@ -246,11 +257,11 @@ def plot_occlusion(
     result: OcclusionResult,
     image: torch.Tensor,
     *,
-    ax: object = None,
+    ax: Axes | None = None,
     kind: str = "drop",
     alpha: float = 0.5,
     title: str | None = None,
-) -> object:
+) -> Figure:
     """Overlay ``result.heatmap(kind)`` on the image with a colour bar; returns the matplotlib Figure.
 
     ``"drop"`` uses a diverging map centred on 0 (red: occluding there lowers the target probability),
@@ -344,12 +355,16 @@ def _run_occlusion(
             else:
                 pending.append(index)
 
-        evaluate, used_method, auto_batch = _choose_evaluator(model, pixels, fill_pixels, target, method,
-                                                              [boxes[i] for i in pending] or boxes[:1])
-        batch_size = auto_batch if batch_size is None or used_method == "naive" else batch_size
         done = len(boxes) - len(pending)
-        for first in range(0, len(pending), batch_size):
+        used_method = "none"  # when every position is known or a no-op
+        if pending:
             if should_stop is not None and should_stop():
+                raise OcclusionCancelled(done, len(boxes))
+            evaluate, used_method, auto_batch = _choose_evaluator(model, pixels, fill_pixels, target, method,
+                                                                  [boxes[i] for i in pending])
+            batch_size = auto_batch if batch_size is None or used_method == "naive" else batch_size
+        for first in range(0, len(pending), batch_size or 1):
+            if first > 0 and should_stop is not None and should_stop():
                 raise OcclusionCancelled(done, len(boxes))
             chunk = pending[first:first + batch_size]
             values[chunk] = evaluate([boxes[i] for i in chunk]).float().cpu()
