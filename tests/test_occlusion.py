@@ -158,12 +158,11 @@ def assert_matches_naive(model: VizModel, image: torch.Tensor, target: int, **op
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fill", FILLS)
-@pytest.mark.parametrize("edges", ["shift", "clip"])
+@pytest.mark.parametrize(("fill", "edges"), [*((fill, "shift") for fill in FILLS), ("grey", "clip")])
 def test_hand_built_network_fast_paths_equal_naive(fill: str, edges: str) -> None:
     image = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))  # large enough that the windows
     model = hand_built_model(centre_on=image)  # reach the global pooling before they cover whole maps
-    assert_matches_naive(model, image, 2, patch_size=7, stride=5, fill=fill, edges=edges, batch_size=16)
+    assert_matches_naive(model, image, 2, patch_size=7, stride=7, fill=fill, edges=edges, batch_size=16)
 
 
 def test_non_square_image_and_patch_at_the_border() -> None:
