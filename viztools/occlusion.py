@@ -510,8 +510,8 @@ def _batch_size_for(bytes_per_image: int) -> int:
 # The incremental method needs the network's computation graph. torch.fx's symbolic tracing patches
 # torch.nn.Module.__call__ for the whole process while it runs, which breaks forward passes in other threads
 # (widgets compute in background threads). So the graph is recorded instead, with a TorchFunctionMode, which is
-# thread-local: one clean forward pass logs every torch call whose arguments derive from the image. Recorded
-# programs are replayed on a batch of two other images and checked against the network before use.
+# thread-local: one clean forward pass logs every torch call whose arguments derive from the image. Before use, a
+# plan built on the recording must reproduce the network on two test patches (see _IncrementalPlan.build).
 
 #: Tensor methods that read metadata, not values: harmless for replaying the recorded calls.
 _METADATA_READS = {
@@ -621,31 +621,29 @@ class _Program:
     output: _Ref | None
     problem: str | None
     largest_bytes: int
+    last_use: dict[_Call, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last_use = {self.image: -1}
+        for position, call in enumerate(self.calls):
+            self.last_use.setdefault(call, position)
+            for source in call.inputs:
+                self.last_use[source] = position
+        if self.output is not None:
+            self.last_use[self.output.call] = len(self.calls)
 
     def replay(self, values: dict[_Call, object]) -> torch.Tensor:
         """Run the calls ``values`` does not hold yet (freeing each value after its last use); return the output."""
         values = dict(values)
-        last_use = self._last_use()
         for position, call in enumerate(self.calls):
             if call not in values:
                 args = _map(call.args, lambda v: _resolve(v, values))
                 kwargs = _map(call.kwargs, lambda v: _resolve(v, values))
                 values[call] = call.func(*args, **kwargs)
             for source in call.inputs:
-                if last_use[source] == position:
+                if self.last_use[source] == position:
                     values.pop(source, None)
         return _resolve(self.output, values)
-
-    def _last_use(self) -> dict[_Call, int]:
-        if not hasattr(self, "_last_use_cache"):
-            last = {self.image: -1}
-            for position, call in enumerate(self.calls):
-                last.setdefault(call, position)
-                for source in call.inputs:
-                    last[source] = position
-            last[self.output.call] = len(self.calls)
-            self._last_use_cache = last
-        return self._last_use_cache
 
 
 def _resolve(value: object, values: dict[_Call, object]) -> object:
