@@ -186,6 +186,18 @@ def test_small_squeezenet_fast_paths_equal_naive() -> None:
     assert_matches_naive(model, image, 642, patch_size=16, stride=12, fill="mean")
 
 
+def test_incremental_inference_does_a_fraction_of_the_work(glyphnet: VizModel) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    for method in ("batched", "incremental"):
+        with FlopCounterMode(display=False) as counter:
+            result = occlusion(glyphnet, glyph_image(4), 0, patch_size=12, stride=8, method=method)
+        assert result.method == method
+        flops[method] = counter.get_total_flops()
+    assert flops["incremental"] < 0.45 * flops["batched"]  # about a third, set-up included
+
+
 class InPlace(nn.Module):
     def __init__(self) -> None:
         super().__init__()
