@@ -105,6 +105,8 @@ def test_receptive_field_contains_exactly_what_influences_a_unit(glyphnet):
 def test_receptive_field_errors(glyphnet):
     with pytest.raises(ValueError, match="no spatial positions"):
         receptive_field(glyphnet, "fc1", (0, 0))
+    with pytest.raises(ValueError, match="no spatial positions"):
+        receptive_field_geometry(glyphnet, "fc1")
     with pytest.raises(ValueError, match="row must be an integer in \\[0, 15\\]"):
         receptive_field(glyphnet, "conv3", (16, 0))
 

@@ -237,6 +237,11 @@ def receptive_field_geometry(model: VizModel, layer: str, *, max_size: int = 102
     """Size, stride and offset of a layer's receptive field, measured on an input large enough not to clip it."""
     path = model.layer_path(layer)
     size = model.input_size
+    if len(layer_output_shape(model, path, size)) != 3:
+        raise ValueError(
+            f"Layer {layer!r} has no spatial positions; every unit sees the whole image. "
+            "Choose a convolutional or pooling layer."
+        )
     while True:
         height = layer_output_shape(model, path, size)[1]
         center = height // 2
