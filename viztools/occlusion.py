@@ -713,7 +713,8 @@ class _LocalOp:
     """A call computed on crops: output position g reads input positions ``[g*s - p, g*s - p + k)``.
 
     ``compute`` takes the input crops (padding already in them) keyed by input call. ``reduces`` marks global
-    pooling, whose 1x1 output is always worth computing from the windows.
+    average pooling (``compute`` None): the plan updates the clean sums with the window instead, and its 1x1
+    output is always worth computing that way.
     """
 
     node: _Call
@@ -721,7 +722,7 @@ class _LocalOp:
     stride: tuple[int, int]
     padding: tuple[int, int]
     pad_value: float
-    compute: Callable[[dict[_Call, torch.Tensor]], torch.Tensor]
+    compute: Callable[[dict[_Call, torch.Tensor]], torch.Tensor] | None
     reduces: bool = False
 
     @property
@@ -812,10 +813,7 @@ def _local_op(node: _Call, input_size: tuple[int, int]) -> _LocalOp | None:
         node.func is torch.Tensor.mean and bound["keepdim"] and bound["dim"] is not None
         and sorted(d % 4 for d in _pair(bound["dim"])) == [2, 3])
     if global_mean:
-        def mean(crops: dict[_Call, torch.Tensor]) -> torch.Tensor:
-            return first_crop(crops).mean(dim=(2, 3), keepdim=True)
-
-        return _LocalOp(node, input_size, (1, 1), (0, 0), 0.0, mean, reduces=True)
+        return _LocalOp(node, input_size, (1, 1), (0, 0), 0.0, None, reduces=True)
     return None
 
 
@@ -889,6 +887,7 @@ class _IncrementalPlan:
         self.corners: dict[_Call, tuple[dict[Span, int], dict[Span, int]]] = {}
         self.frontier: list[_Call] = []
         self.padded: dict[tuple[_Call, _Call], tuple[torch.Tensor, int]] = {}
+        self.sums: dict[_Call, tuple[torch.Tensor, torch.Tensor]] = {}  # global pooling: clean sums, summed areas
         self.work_fraction = 1.0
         self.bytes_per_image = 0
         self.layout = _CHANNELS_LAST  # of the full-size maps handed to the rest of the network
@@ -939,15 +938,21 @@ class _IncrementalPlan:
                 if op.reduces or size[0] * size[1] <= INCREMENTAL_MAX_FRACTION * height * width:
                     self.ops.append(op)
                     remaining_work += work * size[0] * size[1] / (height * width)
-                    window_bytes = max(window_bytes, value.element_size() * value.shape[1] * (
-                        (size[0] - 1) * op.stride[0] + op.kernel[0]) * ((size[1] - 1) * op.stride[1] + op.kernel[1]))
+                    if not op.reduces:
+                        crop_h, crop_w = ((n - 1) * s + k for n, s, k in zip(size, op.stride, op.kernel, strict=True))
+                        window_bytes = max(window_bytes, value.element_size() * value.shape[1] * crop_h * crop_w)
                     continue
                 del self.sizes[node], self.corners[node]
             remaining_work += work
             full_bytes = max(full_bytes, value.numel() * value.element_size())
         for op in self.ops:
+            if op.reduces:  # summed-area table of the clean map: window sums in four look-ups
+                clean = self.clean[op.inputs[0]][0].double()
+                table = F.pad(clean.cumsum(1).cumsum(2), (1, 0, 1, 0))
+                self.sums[op.node] = (clean.sum(dim=(1, 2)), table)
             for source in op.inputs:
-                self.padded[(source, op.node)] = self._padded_clean(source, op)
+                if not op.reduces:
+                    self.padded[(source, op.node)] = self._padded_clean(source, op)
         output = self.program.output.call
         self.frontier = [n for n in self.sizes if n is output or any(user not in self.sizes for user in n.users)]
         full_bytes = max([full_bytes] + [self.clean[n].numel() * self.clean[n].element_size() for n in self.frontier])
@@ -995,6 +1000,10 @@ class _IncrementalPlan:
         image = self.program.image
         values = {image: self._input_window(fill_normalized, boxes, corners[image])}
         for op in self.ops:
+            if op.reduces:
+                source = op.inputs[0]
+                values[op.node] = self._window_mean(op, values[source], corners[source])
+                continue
             crops = {source: self._input_crop(source, op, corners[op.node], values[source], corners[source])
                      for source in op.inputs}
             values[op.node] = op.compute(crops)
@@ -1005,6 +1014,18 @@ class _IncrementalPlan:
             _scatter(full, values[node], *corners[node])
             environment[node] = full.permute(0, 3, 1, 2).contiguous(memory_format=self.layout)
         return self.program.replay(environment)
+
+    def _window_mean(self, op: _LocalOp, windows: torch.Tensor, corners: tuple[torch.Tensor, torch.Tensor]
+                     ) -> torch.Tensor:
+        """Global average of the occluded maps: the clean sum, minus the clean windows' sums, plus the windows'."""
+        total, table = self.sums[op.node]
+        tops, lefts = corners
+        height, width = windows.shape[2:]
+        bottoms, rights = tops + height, lefts + width
+        clean_windows = (table[:, bottoms, rights] - table[:, tops, rights] - table[:, bottoms, lefts]
+                         + table[:, tops, lefts]).T  # (B, C)
+        sums = total - clean_windows + windows.sum(dim=(2, 3), dtype=torch.float64)
+        return (sums / (op.kernel[0] * op.kernel[1])).to(windows.dtype)[:, :, None, None]
 
     def _input_window(self, fill: torch.Tensor, boxes: list[Box],
                       corners: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
