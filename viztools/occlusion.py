@@ -484,7 +484,7 @@ def _choose_evaluator(
     batched_size = _batch_size_for(2 * program.largest_bytes)
     if method == "batched":
         return batched, "batched", batched_size
-    plan = _IncrementalPlan.build(program, normalized, fill_normalized, boxes, test_boxes, reference)
+    plan = _IncrementalPlan.build(program, fill_normalized, boxes, test_boxes, reference)
     if plan.reason is not None:
         if method == "incremental":
             raise ValueError(f"method='incremental' cannot handle this model: {plan.reason}. Use method='auto' "
@@ -893,9 +893,12 @@ class _IncrementalPlan:
         self.layout = _CHANNELS_LAST  # of the full-size maps handed to the rest of the network
 
     @classmethod
-    def build(cls, program: _Program, normalized: torch.Tensor, fill_normalized: torch.Tensor, boxes: list[Box],
-              test_boxes: list[Box], reference: torch.Tensor) -> _IncrementalPlan:
-        """Choose what to recompute for ``boxes``; check that the plan gives ``reference`` for ``test_boxes``."""
+    def build(cls, program: _Program, fill_normalized: torch.Tensor, boxes: list[Box], test_boxes: list[Box],
+              reference: torch.Tensor) -> _IncrementalPlan:
+        """Choose what to recompute for ``boxes``, then check the plan against the network.
+
+        ``reference`` holds the network's logits for ``test_boxes`` (some of ``boxes``).
+        """
         plan = cls(program)
         if plan.reason is not None:
             return plan
