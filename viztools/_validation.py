@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from numbers import Integral, Real
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from viztools.models import VizModel
 
 
 def check_int(value: object, name: str, *, low: int | None = None, high: int | None = None) -> int:
@@ -46,10 +50,19 @@ def check_choice(value: object, name: str, choices: Iterable[str]) -> str:
     return value
 
 
-def check_image(image: object, name: str = "image", *, batch: bool = False) -> torch.Tensor:
+def check_image(
+    image: object,
+    name: str = "image",
+    *,
+    batch: bool = False,
+    pixels: bool = False,
+    model: VizModel | None = None,
+) -> torch.Tensor:
     """Check a pixel tensor and return it as ``(N, 3, H, W)`` float.
 
     Accepts ``(3, H, W)`` (a batch dimension is added) or ``(N, 3, H, W)``; with ``batch=False`` N must be 1.
+    ``pixels=True`` (every technique's entry point) also requires finite values in [0, 1]; ``model`` also checks
+    that the model's classifier can run at the image's size (:meth:`VizModel.check_input_size`).
     """
     if not isinstance(image, torch.Tensor):
         raise TypeError(
@@ -67,7 +80,67 @@ def check_image(image: object, name: str = "image", *, batch: bool = False) -> t
         raise ValueError(f"{name} must hold a single image (batch size 1); got a batch of {image.shape[0]}.")
     if not image.is_floating_point():
         raise TypeError(f"{name} must be a float tensor with values in [0, 1]; got dtype {image.dtype}.")
+    if pixels:
+        _check_pixel_values(image, name)
+    if model is not None:
+        model.check_input_size(*image.shape[-2:])
     return image
+
+
+def _check_pixel_values(image: torch.Tensor, name: str) -> None:
+    values = image.detach()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(
+            f"{name} contains NaN or infinite values; every pixel must be a finite number in [0, 1]. "
+            "Check how the image was made (e.g. a division by zero), or reload it with viztools.load_image(...)."
+        )
+    low, high = float(values.min()), float(values.max())
+    if low < 0.0 or high > 1.0:
+        hint = (
+            " It looks like 0-255 values: divide by 255."
+            if high > 1.5 and low >= 0.0
+            else " It looks normalized (mean/std): pass raw pixels, or use model.denormalize(...)."
+        )
+        raise ValueError(f"{name} must hold pixel values in [0, 1]; got values from {low:.3g} to {high:.3g}.{hint}")
+
+
+def check_model(model: object, name: str = "model") -> VizModel:
+    """Return ``model`` if it is a :class:`~viztools.models.VizModel`; otherwise raise saying how to get one."""
+    from viztools.models import VizModel
+
+    if isinstance(model, VizModel):
+        return model
+    if isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"{name} must be a viztools VizModel, not a plain torch.nn.Module ({type(model).__name__}): techniques "
+            "need its normalization, class names and layer names. Use viztools.load_model(name) for a registered "
+            "architecture (viztools.MODEL_NAMES), or wrap your network: viztools.VizModel(name=..., "
+            "network=module, categories=[...], input_size=..., mean=..., std=..., layers={...})."
+        )
+    raise TypeError(f"{name} must be a VizModel from viztools.load_model(...); got {type(model).__name__}.")
+
+
+def make_generator(seed: int | torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A random generator: seeded with ``seed`` (a non-negative int), fresh randomness for ``None``, or
+    ``seed`` itself when it is already a ``torch.Generator``. The one meaning of ``seed`` across viztools."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(check_int(seed, "seed", low=0))
+    return generator
+
+
+def check_stop_callback(should_stop: object) -> Callable[[object], bool | None] | None:
+    """Check the ``should_stop(progress)`` callback every long-running technique takes (None: never stop)."""
+    if should_stop is not None and not callable(should_stop):
+        raise TypeError(
+            f"should_stop must be a function of one argument (the progress record) returning True to stop, or "
+            f"None; got {type(should_stop).__name__}."
+        )
+    return should_stop
 
 
 def suggest(value: object, choices: Sequence[str]) -> str:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 
-from viztools._validation import check_int, suggest
+from viztools._validation import check_float, check_int, suggest
 
 #: torchvision's ImageNet evaluation crop: Resize(256) then CenterCrop(224).
 CROP_FRACTION = 224 / 256
@@ -179,3 +181,25 @@ def to_numpy_image(pixels: torch.Tensor) -> np.ndarray:
     if pixels.dim() != 3 or pixels.shape[0] != 3:
         raise ValueError(f"Expected shape (3, H, W) or (1, 3, H, W); got {tuple(pixels.shape)}.")
     return pixels.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur each channel of ``(N, C, H, W)`` pixels with a Gaussian of standard deviation ``sigma`` pixels.
+
+    Separable, kernel radius ``ceil(4 sigma)`` (capped by the image size), reflected borders. The one blur of
+    viztools: class visualization's periodic blur and occlusion's blurred fill use it.
+    """
+    sigma = check_float(sigma, "sigma", low=0.0)
+    if sigma == 0:
+        return pixels
+    height, width = pixels.shape[-2:]
+    radius = min(math.ceil(4 * sigma), height - 1, width - 1)
+    if radius < 1:
+        return pixels
+    offsets = torch.arange(-radius, radius + 1, dtype=pixels.dtype, device=pixels.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = pixels.shape[1]
+    padded = F.pad(pixels, (radius, radius, radius, radius), mode="reflect")
+    rows = F.conv2d(padded, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(rows, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)

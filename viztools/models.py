@@ -59,6 +59,7 @@ class VizModel:
     note: str | None = None
 
     def __post_init__(self) -> None:
+        self._sizes_checked: set[tuple[int, int]] = set()
         prepare_network(self.network)
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -75,6 +76,28 @@ class VizModel:
             f"VizModel(name={self.name!r}, classes={len(self.categories)}, input_size={self.input_size}, "
             f"layers={list(self.layers)}, weights={self.weights_source!r})"
         )
+
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise a ValueError naming the fix when the whole classifier cannot run on ``height x width`` images.
+
+        Found by one forward pass of a blank image of that size (remembered per size): a network with a fixed
+        fully connected head (GlyphNet) runs only near its input size, convolutional ones down to a minimum.
+        """
+        size = (int(height), int(width))
+        if size in self._sizes_checked:
+            return
+        parameter = next(self.network.parameters(), None)
+        blank = torch.zeros(1, 3, *size, device=None if parameter is None else parameter.device)
+        try:
+            with torch.no_grad():
+                self.network(blank)
+        except RuntimeError as error:
+            raise ValueError(
+                f"Model {self.name!r} cannot classify a {size[0]}x{size[1]} px image (its input size is "
+                f"{self.input_size} px; the network failed with: {str(error).splitlines()[0]}). Resize the image: "
+                f"model.preprocess(source) or viztools.load_image(source, size={self.input_size})."
+            ) from None
+        self._sizes_checked.add(size)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 1] -> the network's normalized input."""

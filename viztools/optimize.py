@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from viztools._validation import check_choice, check_float, check_image, check_int
+from viztools.data import gaussian_blur
 from viztools.hooks import LOGITS, forward_activations
 from viztools.models import VizModel
 
@@ -373,24 +374,6 @@ def _apply_transform(transform: Transform, pixels: torch.Tensor, generator: torc
     if isinstance(transform, (RandomTransform, Compose)):
         return transform(pixels, generator)
     return transform(pixels)
-
-
-def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur each channel with a Gaussian of standard deviation ``sigma`` pixels (separable, reflected borders)."""
-    sigma = check_float(sigma, "sigma", low=0.0)
-    if sigma == 0:
-        return pixels
-    height, width = pixels.shape[-2:]
-    radius = min(math.ceil(4 * sigma), height - 1, width - 1)
-    if radius < 1:
-        return pixels
-    offsets = torch.arange(-radius, radius + 1, dtype=pixels.dtype, device=pixels.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = pixels.shape[1]
-    padded = F.pad(pixels, (radius, radius, radius, radius), mode="reflect")
-    rows = F.conv2d(padded, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 def blur_every(every: int, sigma: float = 0.5) -> AfterStep:
