@@ -87,7 +87,8 @@ class VizModel:
         if size in self._sizes_checked:
             return
         parameter = next(self.network.parameters(), None)
-        blank = torch.zeros(1, 3, *size, device=None if parameter is None else parameter.device)
+        blank = torch.zeros(1, 3, *size, device=None if parameter is None else parameter.device,
+                            dtype=None if parameter is None else parameter.dtype)
         try:
             with torch.no_grad():
                 self.network(blank)
