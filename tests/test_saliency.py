@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,7 +128,7 @@ def test_deconvnet_passes_gradient_through_inactive_unit() -> None:
 def convnet() -> VizModel:
     """1x1 conv (3->2) -> ReLU -> (1x2) conv (2->1) -> ReLU -> linear, on a 1x3 image; see the test for the maths.
 
-    x = channels (1, 1.5, 0.75), (0, 1, 0.5), (0.5, 0.5, 0). conv1 rows (1, -1, 0) bias 0 and (0, 1, 1) bias -1:
+    x = channels (1, 1, 0.75), (0, 0.5, 0.5), (0.5, 1, 0). conv1 rows (1, -1, 0) bias 0 and (0, 1, 1) bias -1:
     h0 = (1, 0.5, 0.25), h1 = (-0.5, 0.5, -0.5). conv2 taps (2, -1) on ReLU(h0) and (1, 3) on ReLU(h1):
     out = (2 - 0.5 + 0 + 1.5, 1 - 0.25 + 0.5 + 0) = (3, 1.25).
     """
@@ -139,7 +140,7 @@ def convnet() -> VizModel:
     return wrap(network, {"relu1": "1", "relu2": "3"})
 
 
-CONV_IMAGE = torch.tensor([[1.0, 1.5, 0.75], [0.0, 1.0, 0.5], [0.5, 0.5, 0.0]]).view(1, 3, 1, 3)
+CONV_IMAGE = torch.tensor([[1.0, 1.0, 0.75], [0.0, 0.5, 0.5], [0.5, 1.0, 0.0]]).view(1, 3, 1, 3)
 
 
 @pytest.mark.parametrize(
@@ -373,11 +374,11 @@ def test_model_left_unchanged_also_after_errors(glyph: VizModel, glyph_image: to
         input_gradient(glyph, glyph_image, 3, rule=rule)
         neuron_gradient(glyph, glyph_image, "conv3", 1, rule=rule)
     assert not has_hooks(glyph.network)
-    too_small = viztools.load_image("cat", 32)  # fails in the classifier's Linear, mid forward pass
-    with pytest.raises(RuntimeError):
+    too_small = viztools.load_image("cat", 32)  # the classifier's Linear cannot run: caught before any hook
+    with pytest.raises(ValueError, match="cannot classify a 32x32 px image"):
         input_gradient(glyph, too_small, 3, rule="guided")
-    with pytest.raises(RuntimeError):
-        neuron_gradient(glyph, too_small, "fc1", 0, rule="deconvnet")  # hook on fc1's ReLU is attached here
+    with pytest.raises(ValueError, match="cannot classify a 32x32 px image"):
+        neuron_gradient(glyph, too_small, "fc1", 0, rule="deconvnet")
     with pytest.raises(ValueError, match="channel"):
         neuron_gradient(glyph, glyph_image, "conv2", layer_output_shape(glyph, "conv2")[0], rule="guided")
     assert not has_hooks(glyph.network)
@@ -415,6 +416,18 @@ def test_errors_say_what_to_do(glyph: VizModel, glyph_image: torch.Tensor) -> No
         saliency(glyph.network, glyph_image)
 
 
+@pytest.mark.parametrize("function", [saliency, input_gradient, guided_backprop, deconvnet])
+def test_images_that_are_not_pixels_are_rejected(glyph: VizModel, glyph_image: torch.Tensor, function) -> None:
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        function(glyph, torch.full_like(glyph_image, float("nan")))
+    with pytest.raises(ValueError, match="divide by 255"):
+        function(glyph, glyph_image * 255)
+    with pytest.raises(TypeError, match="not a plain torch.nn.Module"):
+        function(glyph.network, glyph_image)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        neuron_gradient(glyph, torch.full_like(glyph_image, float("nan")), "conv1", 0)
+
+
 def test_training_mode_is_rejected(mlp: VizModel) -> None:
     mlp.network[2].train()  # one submodule is enough to make results random or change the model
     with pytest.raises(ValueError, match=r"training mode.*model\.network\.eval\(\)"):
@@ -443,15 +456,27 @@ def test_gradient_image_maps_zero_to_grey_and_keeps_signs() -> None:
 
 
 def test_plot_saliency_draws_image_beside_maps(glyph: VizModel, glyph_image: torch.Tensor) -> None:
-    figure = plot_saliency(glyph_image, saliency(glyph, glyph_image))
+    figure = plot_saliency(saliency(glyph, glyph_image), glyph_image)
     assert isinstance(figure, Figure)
     assert [ax.get_title() for ax in figure.axes] == ["image", "saliency"]
+    assert np.array_equal(figure.axes[0].get_images()[0].get_array(), viztools.to_numpy_image(glyph_image))
     maps = {"gradient": input_gradient(glyph, glyph_image), "guided": guided_backprop(glyph, glyph_image)}
-    assert [ax.get_title() for ax in plot_saliency(glyph_image, maps).axes] == ["image", "gradient", "guided"]
+    assert [ax.get_title() for ax in plot_saliency(maps, glyph_image).axes] == ["image", "gradient", "guided"]
+    assert [ax.get_title() for ax in plot_saliency(maps).axes] == ["gradient", "guided"]
     with pytest.raises(ValueError, match="empty"):
-        plot_saliency(glyph_image, {})
+        plot_saliency({}, glyph_image)
     with pytest.raises(ValueError, match=r"map 'x' must be an \(H, W\) or \(3, H, W\) tensor"):
-        plot_saliency(glyph_image, {"x": torch.zeros(1, 3, 64, 64)})
+        plot_saliency({"x": torch.zeros(1, 3, 64, 64)}, glyph_image)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        plot_saliency(maps, torch.full_like(glyph_image, float("nan")))
+
+
+def test_plot_saliency_draws_into_a_given_axes(glyph: VizModel, glyph_image: torch.Tensor) -> None:
+    figure = Figure(layout="constrained")
+    left, right = figure.subplots(1, 2)
+    assert plot_saliency(saliency(glyph, glyph_image), glyph_image, ax=right) is figure
+    assert figure.axes[0] is left and right not in figure.axes
+    assert [ax.get_title() for ax in figure.axes[1:]] == ["image", "saliency"]
 
 
 # --------------------------------------------------------------------------------------------------------------

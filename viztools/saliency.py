@@ -24,12 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch.overrides import TorchFunctionMode
 
-from viztools._validation import check_choice, check_float, check_image, check_int
+from viztools._validation import check_choice, check_float, check_image, check_int, check_model
+from viztools.data import to_numpy_image
 from viztools.hooks import forward_activations
 from viztools.models import VizModel
+from viztools.plotting import axes_grid
 
 RULES: tuple[str, ...] = ("plain", "guided", "deconvnet")
 
@@ -110,14 +113,13 @@ def relu_rule(rule: str = "guided") -> Iterator[None]:
 
 def _prepare(model: VizModel, image: torch.Tensor) -> torch.Tensor:
     """A fresh leaf copy of the single image that requires grad, in the network's dtype."""
-    if not isinstance(model, VizModel):
-        raise TypeError(f"model must be a viztools.VizModel (see viztools.load_model); got {type(model).__name__}.")
+    model = check_model(model)
     if any(module.training for module in model.network.modules()):
         raise ValueError(
             "model.network (or one of its modules) is in training mode, so dropout would make the map random and "
             "batch norm would change the model. Call model.network.eval() first."
         )
-    pixels = check_image(image, "image")
+    pixels = check_image(image, "image", pixels=True, model=model)
     parameter = next(model.network.parameters(), None)
     dtype = parameter.dtype if parameter is not None else pixels.dtype
     return pixels.detach().to(dtype).clone().requires_grad_(True)
@@ -265,26 +267,25 @@ def gradient_image(gradient: torch.Tensor, *, percentile: float = 99.0) -> np.nd
     percentile = check_float(percentile, "percentile", low=0, high=100, low_inclusive=False)
     values = gradient.detach().float().cpu()
     scale = _saturation(values.abs(), percentile)
-    return (0.5 + 0.5 * (values / scale).clamp(-1, 1)).permute(1, 2, 0).numpy()
+    return to_numpy_image(0.5 + 0.5 * values / scale)
 
 
 def plot_saliency(
-    image: torch.Tensor,
     maps: torch.Tensor | Mapping[str, torch.Tensor],
+    image: torch.Tensor | None = None,
     *,
+    ax: Axes | None = None,
     cmap: str = "inferno",
     percentile: float = 99.0,
     panel_size: float = 3.0,
 ) -> Figure:
-    """The image beside one or more attribution maps, as a matplotlib Figure (shown when a cell returns it).
+    """One or more attribution maps in a row, after the image when given; returns the Figure.
 
     ``maps`` is a map or a dict ``{title: map}``. ``(H, W)`` maps such as :func:`saliency` are drawn as heat
     maps with ``cmap`` (signed ones blue-white-red), saturating at their ``percentile``; ``(3, H, W)`` maps
-    such as :func:`guided_backprop` as RGB images via :func:`gradient_image` (grey is zero).
+    such as :func:`guided_backprop` as RGB images via :func:`gradient_image` (grey is zero). With ``ax`` the
+    panels take that Axes' place.
     """
-    from viztools.data import to_numpy_image
-
-    pixels = check_image(image, "image")
     percentile = check_float(percentile, "percentile", low=0, high=100, low_inclusive=False)
     named = {"saliency": maps} if isinstance(maps, torch.Tensor) else dict(maps)
     if not named:
@@ -293,19 +294,19 @@ def plot_saliency(
         if not isinstance(attribution, torch.Tensor) or attribution.dim() not in (2, 3):
             shape = tuple(attribution.shape) if isinstance(attribution, torch.Tensor) else type(attribution).__name__
             raise ValueError(f"map {title!r} must be an (H, W) or (3, H, W) tensor; got {shape}.")
-    figure = Figure(figsize=(panel_size * (1 + len(named)), panel_size), layout="constrained")
-    axes = figure.subplots(1, 1 + len(named), squeeze=False)[0]
-    axes[0].imshow(to_numpy_image(pixels))
-    axes[0].set_title("image")
-    for ax, (title, attribution) in zip(axes[1:], named.items(), strict=True):
-        if attribution.dim() == 2:
-            values = attribution.detach().float().cpu()
-            limit = _saturation(values.abs(), percentile)
-            signed = bool((values < 0).any())
-            ax.imshow(values.numpy(), cmap="RdBu_r" if signed else cmap, vmin=-limit if signed else 0.0, vmax=limit)
-        else:
-            ax.imshow(gradient_image(attribution, percentile=percentile))
-        ax.set_title(str(title))
-    for ax in axes:
-        ax.set_axis_off()
-    return figure
+    panels = [] if image is None else [("image", to_numpy_image(check_image(image, "image", pixels=True)), {})]
+    for title, attribution in named.items():
+        if attribution.dim() == 3:
+            panels.append((str(title), gradient_image(attribution, percentile=percentile), {}))
+            continue
+        values = attribution.detach().float().cpu()
+        limit = _saturation(values.abs(), percentile)
+        signed = bool((values < 0).any())
+        options = {"cmap": "RdBu_r" if signed else cmap, "vmin": -limit if signed else 0.0, "vmax": limit}
+        panels.append((str(title), values.numpy(), options))
+    container, axes = axes_grid(len(panels), len(panels), ax=ax, panel_size=panel_size)
+    for panel, (title, array, options) in zip(axes, panels, strict=True):
+        panel.imshow(array, **options)
+        panel.set_title(title)
+        panel.set_axis_off()
+    return container.get_figure(root=True)
