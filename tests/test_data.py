@@ -1,4 +1,6 @@
-"""Example images, files, arrays and tensors become (1, 3, S, S) pixel tensors; bad input gets a clear error."""
+"""Example images, files, arrays and tensors become (1, 3, S, S) pixel tensors; bad input gets a clear error.
+
+Also the image collections (PhotoCrops, ImageSource) that the data-set-level techniques read."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import torch
 from PIL import Image
 
 import viztools
-from viztools.data import load_image, to_numpy_image
+from viztools.data import ImageSource, PhotoCrops, load_image, to_numpy_image
 
 
 @pytest.mark.parametrize("name", viztools.example_image_names())
@@ -63,8 +65,10 @@ def test_unreadable_and_malformed_images(tmp_path):
         load_image(np.zeros((3, 8, 8, 2)))
     with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
         load_image(np.full((8, 8, 3), 3.5))
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="single image"):
         load_image(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="shape"):
+        load_image(torch.rand(1, 4, 8, 8))
     with pytest.raises(TypeError, match="Cannot make an image from int"):
         load_image(42)
     with pytest.raises(ValueError, match=r"size must be an integer"):
@@ -76,3 +80,39 @@ def test_unreadable_and_malformed_images(tmp_path):
 def test_to_numpy_image_rejects_batches():
     with pytest.raises(ValueError, match="Index one image"):
         to_numpy_image(torch.rand(2, 3, 4, 4))
+
+
+def test_tensor_pixels_are_checked_like_every_image():
+    with pytest.raises(ValueError, match=r"must hold pixel values in \[0, 1\].*divide by 255"):
+        load_image(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_image(torch.full((3, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="looks normalized"):
+        load_image(torch.rand(3, 8, 8) - 0.5)
+
+
+def test_photo_crops_are_deterministic_pixels() -> None:
+    crops = PhotoCrops(4, size=32, seed=5)
+    again = PhotoCrops(4, size=32, seed=5)
+    assert crops[3].shape == (3, 32, 32) and crops[3].min() >= 0 and crops[3].max() <= 1
+    assert torch.equal(crops[3], again[3])
+    assert not torch.equal(crops[3], PhotoCrops(4, size=32, seed=6)[3])
+    with pytest.raises(IndexError):
+        crops[4]
+    with pytest.raises(ValueError, match="example image names"):
+        PhotoCrops(2, photos=["kat"])
+
+
+def test_image_source_reads_tensors_data_sets_and_checks_pixels() -> None:
+    images = torch.rand(5, 3, 8, 8)
+    source = ImageSource(images)
+    assert len(source) == 5 and torch.equal(source.image(3), images[3])
+    batches = list(source.batches(2))
+    assert [start for start, _, _ in batches] == [0, 2, 4] and all(labels is None for _, _, labels in batches)
+    dataset = [(images[i], i % 2) for i in range(5)]
+    (_, pixels, labels), *_ = ImageSource(dataset).batches(5)
+    assert torch.equal(pixels, images) and labels.tolist() == [0, 1, 0, 1, 0]
+    with pytest.raises(ValueError, match="empty"):
+        ImageSource(torch.rand(0, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"images 0\.\.1 contains NaN"):
+        list(ImageSource(torch.full((2, 3, 4, 4), float("nan"))).batches(4))

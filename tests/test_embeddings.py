@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 
-import matplotlib.pyplot as plt
+import matplotlib
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 import viztools
@@ -166,7 +167,7 @@ def test_grid_image_places_framed_thumbnails() -> None:
     for index, (row, col) in enumerate(grid.positions):
         cell = picture[row * 8 : row * 8 + 8, col * 8 : col * 8 + 8]
         assert np.array_equal(cell[2:6, 2:6], images[index].permute(1, 2, 0).numpy())
-        assert np.allclose(cell[0, 0], plt.get_cmap("tab10")(int(embedding.labels[index]))[:3])
+        assert np.allclose(cell[0, 0], matplotlib.colormaps["tab10"](int(embedding.labels[index]))[:3])
     empty = ({0, 1, 2, 3} - set(grid.cells.tolist())).pop()
     row, col = divmod(empty, 2)
     assert np.all(picture[row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] == 1.0)
@@ -182,9 +183,15 @@ def test_plots_show_classes_in_the_legend() -> None:
     assert sum(len(c.get_offsets()) for c in figure.axes[0].collections) == 30
     figure = plot_tsne_grid(embedding)
     assert figure.axes[0].get_images()[0].get_array().shape == (5 * 20, 6 * 20, 3)  # 30 points: 6 columns, 5 rows
+    grid = tsne_grid(embedding, columns=10)
+    assert np.array_equal(plot_tsne_grid(embedding, grid=grid).axes[0].get_images()[0].get_array(),
+                          tsne_grid_image(embedding, grid))
     unlabelled = embedding_of(images[:5], None, None)
     assert plot_tsne(unlabelled).axes[0].get_legend() is None
-    plt.close("all")
+    figure = Figure()
+    left, right = figure.subplots(1, 2)
+    assert plot_tsne(embedding, ax=left) is figure and plot_tsne_grid(embedding, ax=right) is figure
+    assert right.get_images() and left.get_legend() is not None
 
 
 def test_bad_arguments_raise_clear_errors() -> None:
@@ -208,6 +215,10 @@ def test_bad_arguments_raise_clear_errors() -> None:
         tsne_embedding(model, images, "pool", threads=0, perplexity=3)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         tsne_embedding(model, images[:, :1], "pool", perplexity=3)
+    with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
+        tsne_embedding(model.network, images, "pool", perplexity=3)
+    with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
+        layer_features(model.network, images, "pool")
     with pytest.raises(ValueError, match="fewer than the 12 points"):
         knn_label_agreement(np.zeros((12, 2)), labels.numpy(), k=12)
     with pytest.raises(ValueError, match=r"\(n, 2\) coordinates"):

@@ -9,7 +9,16 @@ import pytest
 import torch
 
 import viztools
-from viztools.glyphworld import CLASS_NAMES, GLYPHS, GlyphWorld, glyph_mask, make_glyphworld, render_sample
+from viztools.glyphworld import (
+    BACKGROUNDS,
+    CLASS_NAMES,
+    GLYPHS,
+    GlyphWorld,
+    background_of,
+    glyph_mask,
+    make_glyphworld,
+    render_sample,
+)
 from viztools.models import GLYPHNET_WEIGHTS
 
 
@@ -35,6 +44,21 @@ def test_images_and_labels():
     assert label == 3 and len(dataset) == 20 and dataset.classes == CLASS_NAMES
     with pytest.raises(IndexError):
         dataset[20]
+
+
+def test_background_names_the_photograph_behind_each_sample():
+    names = [background_of(index, seed=1) for index in range(40)]
+    assert set(names) <= set(BACKGROUNDS) and len(set(names)) > 5
+    dataset = GlyphWorld(10, seed=1, start=30)
+    assert [dataset.background(i) for i in range(10)] == names[30:]
+    with pytest.raises(IndexError):
+        dataset.background(10)
+    # Greyscale photographs give grey pixels (R = G = B) everywhere but on the coloured glyph; colour photos don't.
+    grey_photos = {"camera", "brick", "grass", "gravel"}
+    for index, name in enumerate(names):
+        image, _ = render_sample(index, seed=1)
+        grey = ((image[..., 0] == image[..., 1]) & (image[..., 1] == image[..., 2])).mean()
+        assert (grey > 0.3) == (name in grey_photos), (index, name, grey)
 
 
 def test_every_glyph_renders_from_the_dejavu_font():

@@ -5,19 +5,18 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
 import viztools
+from viztools.data import PhotoCrops
 from viztools.hooks import attach, get_activations, has_hooks
 from viztools.models import GLYPHNET_WEIGHTS, VizModel
 from viztools.patches import (
-    ImageSource,
-    PhotoCrops,
     plot_patches,
     plot_patches_grid,
     top_activating_patches,
@@ -216,18 +215,6 @@ def test_reads_a_folder_in_sorted_order(random_glyphnet: VizModel, tmp_path) -> 
     assert torch.allclose(from_folder.values, from_tensor.values)
 
 
-def test_photo_crops_are_deterministic_pixels() -> None:
-    crops = PhotoCrops(4, size=32, seed=5)
-    again = PhotoCrops(4, size=32, seed=5)
-    assert crops[3].shape == (3, 32, 32) and crops[3].min() >= 0 and crops[3].max() <= 1
-    assert torch.equal(crops[3], again[3])
-    assert not torch.equal(crops[3], PhotoCrops(4, size=32, seed=6)[3])
-    with pytest.raises(IndexError):
-        crops[4]
-    with pytest.raises(ValueError, match="example image names"):
-        PhotoCrops(2, photos=["kat"])
-
-
 def test_bad_arguments_raise_clear_errors(random_glyphnet: VizModel, tmp_path) -> None:
     images = torch.rand(4, 3, 64, 64)
     with pytest.raises(ValueError, match="Unknown layer 'conv9'"):
@@ -241,8 +228,12 @@ def test_bad_arguments_raise_clear_errors(random_glyphnet: VizModel, tmp_path) -
         top_activating_patches(random_glyphnet, images, "conv1", 0, k=5)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         top_activating_patches(random_glyphnet, torch.rand(4, 1, 64, 64), "conv1", 0, k=2)
-    with pytest.raises(ValueError, match=r"not pixels in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"images 0\.\.3 must hold pixel values in \[0, 1\]"):
         top_activating_patches(random_glyphnet, images * 2 - 1, "conv1", 0, k=2)
+    with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
+        top_activating_patches(random_glyphnet.network, images, "conv1", 0, k=2)
+    with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
+        top_activating_patches_grid(random_glyphnet.network, images, "conv1", [0], k=2)
     with pytest.raises(ValueError, match="outside layer 'conv2'"):
         top_activating_patches(random_glyphnet, images, "conv2", 0, k=2, position=(32, 0))
     with pytest.raises(ValueError, match="no spatial positions"):
@@ -255,8 +246,6 @@ def test_bad_arguments_raise_clear_errors(random_glyphnet: VizModel, tmp_path) -
         top_activating_patches(random_glyphnet, tmp_path / "missing", "conv1", 0)
     with pytest.raises(ValueError, match="no image files"):
         top_activating_patches(random_glyphnet, tmp_path, "conv1", 0)
-    with pytest.raises(ValueError, match="empty"):
-        ImageSource(torch.rand(0, 3, 8, 8))
     mixed = [torch.rand(3, 64, 64), torch.rand(3, 64, 64), torch.rand(3, 48, 48)]
     with pytest.raises(ValueError, match=r"same size; image 2 is \(48, 48\)"):
         top_activating_patches(random_glyphnet, mixed, "conv1", 0, k=2, batch_size=2)
@@ -278,15 +267,28 @@ def test_leaves_no_hooks_and_unchanged_gradients(random_glyphnet: VizModel) -> N
 def test_plots_draw_the_patches(random_glyphnet: VizModel) -> None:
     results = top_activating_patches_grid(random_glyphnet, torch.rand(10, 3, 64, 64), "conv1", [0, 5], k=4)
     figure = plot_patches(results[0])
-    image = figure.axes[0].get_images()[0].get_array()
-    assert image.shape == (2 * 7 + 1, 2 * 7 + 1, 3)  # 2x2 cells of 7x7 patches, 1 px apart
-    assert np.allclose(image[:7, :7], results[0].patches[0].permute(1, 2, 0).numpy())
+    assert len(figure.axes) == 4  # a 2x2 grid, one 7x7 patch per panel
+    for ax, patch, value, index in zip(figure.axes, results[0].patches, results[0].values, results[0].image_indices,
+                                       strict=True):
+        assert np.allclose(ax.get_images()[0].get_array(), patch.permute(1, 2, 0).numpy())
+        assert ax.get_title() == f"{float(value):.2f} #{int(index)}"
+    assert figure.axes[0].get_subplotspec().get_geometry()[:2] == (2, 2)
     figure = plot_patches_grid(results)
-    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
-    assert labels == [f"channel {r.channel}\nbest {float(r.values[0]):.2f}" for r in results]
-    assert labels[1].startswith("channel 5\n")
-    assert figure.axes[0].get_images()[0].get_array().shape == (2 * 7 + 1, 4 * 7 + 3, 3)
-    plt.close("all")
+    assert len(figure.axes) == 2 * 4
+    labels = [ax.get_ylabel() for ax in figure.axes]
+    assert labels[0::4] == [f"channel {r.channel}\nbest {float(r.values[0]):.2f}" for r in results]
+    assert labels[4].startswith("channel 5\n") and labels[1] == ""
+    assert all(ax.get_images()[0].get_array().shape == (7, 7, 3) for ax in figure.axes)
+    assert figure.axes[0].get_subplotspec().get_geometry()[:2] == (2, 4)
+
+
+def test_plots_draw_into_a_given_axes() -> None:
+    results = top_activating_patches_grid(square_detector(0), dim_images_with_squares(), "detector", [0, 1], k=3)
+    figure = Figure()
+    left, right = figure.subplots(1, 2)
+    assert plot_patches_grid(results, ax=right) is figure
+    assert figure.axes[0] is left and right not in figure.axes and len(figure.axes) == 1 + 2 * 3
+    assert np.array_equal(figure.axes[1].get_images()[0].get_array(), results[0].patches[0].permute(1, 2, 0).numpy())
 
 
 @pytest.mark.imagenet

@@ -12,10 +12,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
+import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import PCA
@@ -23,10 +24,11 @@ from sklearn.manifold import TSNE
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
-from viztools._validation import check_choice, check_float, check_int
+from viztools._validation import check_choice, check_float, check_int, check_model
+from viztools.data import ImageSource, to_numpy_image
 from viztools.hooks import get_activations
 from viztools.models import VizModel
-from viztools.patches import ImageSource
+from viztools.plotting import figure_and_axes
 
 POOLINGS = ("average", "flatten")
 
@@ -66,9 +68,10 @@ def layer_features(
 
     Spatial outputs ``(C, H, W)`` are global-average-pooled to ``C`` values (``pooling="average"``) or flattened
     to ``C*H*W`` (``"flatten"``); vector outputs are used as they are. ``images`` is anything
-    :class:`viztools.patches.ImageSource` reads; labels come from data sets that yield ``(pixels, label)``.
+    :class:`viztools.data.ImageSource` reads; labels come from data sets that yield ``(pixels, label)``.
     With ``thumbnail_size``, images larger than that are also shrunk to it and returned (else None).
     """
+    model = check_model(model)
     pooling = check_choice(pooling, "pooling", POOLINGS)
     model.layer_path(layer)
     if thumbnail_size is not None:
@@ -114,6 +117,7 @@ def tsne_embedding(
     t-SNE's OpenMP threads spin while waiting, and on a busy or shared machine that made a 500-image map ten
     times slower (78 s vs 7 s here); the result is the same either way.
     """
+    model = check_model(model)
     perplexity = check_float(perplexity, "perplexity", low=0, low_inclusive=False)
     seed = check_int(seed, "seed", low=0)
     if threads is not None:
@@ -228,7 +232,7 @@ def tsne_grid(embedding: Embedding | np.ndarray, *, rows: int | None = None, col
 
 
 def _class_colours(count: int) -> np.ndarray:
-    cmap = plt.get_cmap("tab10" if count <= 10 else "tab20" if count <= 20 else "turbo")
+    cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20" if count <= 20 else "turbo"]
     return np.array([cmap(i if count <= 20 else i / max(count - 1, 1))[:3] for i in range(count)])
 
 
@@ -243,20 +247,18 @@ def tsne_grid_image(embedding: Embedding, grid: TsneGrid, *, frame: int = 2) -> 
     cell = side + 2 * frame
     image = np.ones((grid.rows * cell, grid.columns * cell, 3), dtype=np.float32)
     colours = _class_colours(len(embedding.class_names)) if embedding.labels is not None else None
-    thumbnails = embedding.images.permute(0, 2, 3, 1).numpy()
     for index, (row, col) in enumerate(grid.positions):
         top, left = row * cell, col * cell
         if colours is not None:
             image[top : top + cell, left : left + cell] = colours[embedding.labels[index]]
-        image[top + frame : top + frame + side, left + frame : left + frame + side] = thumbnails[index]
+        image[top + frame : top + frame + side, left + frame : left + frame + side] = to_numpy_image(
+            embedding.images[index])
     return image
 
 
-def plot_tsne(embedding: Embedding, *, ax: plt.Axes | None = None, point_size: float = 12.0) -> Figure:
+def plot_tsne(embedding: Embedding, *, ax: Axes | None = None, point_size: float = 12.0) -> Figure:
     """Scatter the t-SNE map, coloured by class with a legend of class names (one colour without labels)."""
-    created = ax is None
-    if created:
-        _, ax = plt.subplots(figsize=(7.5, 6))
+    figure, ax = figure_and_axes(ax, figsize=(7.5, 6))
     x, y = embedding.coordinates[:, 0], embedding.coordinates[:, 1]
     if embedding.labels is None:
         ax.scatter(x, y, s=point_size, color="tab:blue", alpha=0.8, linewidths=0)
@@ -271,18 +273,16 @@ def plot_tsne(embedding: Embedding, *, ax: plt.Axes | None = None, point_size: f
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_aspect("equal", adjustable="datalim")
-    if created:
-        ax.figure.tight_layout()
-    return ax.figure
+    return figure
 
 
-def plot_tsne_grid(embedding: Embedding, grid: TsneGrid | None = None, *, ax: plt.Axes | None = None) -> Figure:
-    """Draw the t-SNE grid mosaic of thumbnails (:func:`tsne_grid`, :func:`tsne_grid_image`)."""
+def plot_tsne_grid(embedding: Embedding, *, grid: TsneGrid | None = None, ax: Axes | None = None) -> Figure:
+    """Draw the t-SNE grid mosaic of thumbnails (:func:`tsne_grid`, :func:`tsne_grid_image`; default grid:
+    ``tsne_grid(embedding)``)."""
     grid = tsne_grid(embedding) if grid is None else grid
     image = tsne_grid_image(embedding, grid)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8, 8 * grid.rows / grid.columns))
+    figure, ax = figure_and_axes(ax, figsize=(8, 8 * grid.rows / grid.columns))
     ax.imshow(image, interpolation="antialiased")
     ax.set_title(f"t-SNE grid of {embedding.layer} features ({len(grid.cells)} images)", fontsize=10)
     ax.set_axis_off()
-    return ax.figure
+    return figure

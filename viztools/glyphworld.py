@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from viztools._validation import check_int
+from viztools.data import cached_example_image
 
 #: Class name -> Unicode code point of its glyph in DejaVu Sans.
 GLYPHS: dict[str, str] = {
@@ -52,15 +53,22 @@ def glyph_mask(name: str, resolution: int = 192) -> Image.Image:
     return canvas.crop(canvas.getbbox())
 
 
-@cache
-def _background(name: str) -> np.ndarray:
-    from viztools.data import example_image
+def _sample_rng(index: int, seed: int) -> np.random.Generator:
+    """The random stream of sample ``index`` of ``seed``; its first draw picks the background photograph."""
+    return np.random.default_rng([check_int(seed, "seed", low=0), check_int(index, "index", low=0)])
 
-    return example_image(name)
+
+def _pick_background(rng: np.random.Generator) -> str:
+    return BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+
+
+def background_of(index: int, seed: int = 0) -> str:
+    """The name of the photograph (one of :data:`BACKGROUNDS`) behind sample ``index`` of ``seed``."""
+    return _pick_background(_sample_rng(index, seed))
 
 
 def _random_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    photo = _background(BACKGROUNDS[rng.integers(len(BACKGROUNDS))])
+    photo = cached_example_image(_pick_background(rng))
     height, width = photo.shape[:2]
     side = int(rng.integers(size, min(height, width) // 2 + 1))
     top, left = int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))
@@ -85,10 +93,11 @@ def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.
 def render_sample(index: int, seed: int = 0, size: int = IMAGE_SIZE) -> tuple[np.ndarray, int]:
     """Sample ``index`` of GlyphWorld with ``seed``: an ``(size, size, 3)`` float32 image in [0, 1] and its label.
 
-    Labels cycle through the classes (``index % 10``), so any 10 consecutive samples hold each class once.
+    Labels cycle through the classes (``index % 10``), so any 10 consecutive samples hold each class once; the
+    background's photograph is :func:`background_of` ``(index, seed)``.
     """
     index = check_int(index, "index", low=0)
-    rng = np.random.default_rng([check_int(seed, "seed", low=0), index])
+    rng = _sample_rng(index, seed)
     label = index % len(CLASS_NAMES)
     background = _random_background(rng, size)
     mask = glyph_mask(CLASS_NAMES[label]).rotate(
@@ -130,7 +139,14 @@ class GlyphWorld(torch.utils.data.Dataset):
         return self.n
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = render_sample(self._sample_index(index), self.seed)
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), label
+
+    def background(self, index: int) -> str:
+        """The name of the photograph behind item ``index`` (see :func:`background_of`)."""
+        return background_of(self._sample_index(index), self.seed)
+
+    def _sample_index(self, index: int) -> int:
         if not 0 <= index < self.n:
             raise IndexError(f"GlyphWorld index {index} out of range for {self.n} samples.")
-        image, label = render_sample(self.start + index, self.seed)
-        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), label
+        return self.start + index

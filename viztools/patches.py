@@ -7,182 +7,26 @@ Memory stays bounded: each batch's activations are reduced to one value per (ima
 running top-k is merged per batch, so the data set and its activations are never held at once.
 
 Images can come from a pixel tensor ``(N, 3, H, W)``, a map-style data set such as
-:class:`viztools.glyphworld.GlyphWorld`, a folder of image files, or :class:`PhotoCrops` (random crops of the
-example photographs).
+:class:`viztools.glyphworld.GlyphWorld`, a folder of image files, or :class:`viztools.data.PhotoCrops` (random
+crops of the example photographs); :class:`viztools.data.ImageSource` reads them all.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from PIL import Image
 
-from viztools._validation import check_int
+from viztools._validation import check_int, check_model
+from viztools.data import ImageSource
 from viztools.hooks import get_activations, receptive_field
 from viztools.models import VizModel
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-#: Example photographs (names from :mod:`viztools.data`) that :class:`PhotoCrops` samples from.
-PHOTO_NAMES: tuple[str, ...] = ("cat", "coffee", "astronaut", "rocket", "camera", "china", "flower", "grace_hopper")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Image sources
-# --------------------------------------------------------------------------------------------------------------
-
-
-@cache
-def _photo(name: str) -> np.ndarray:
-    from viztools.data import example_image
-
-    return example_image(name)
-
-
-class PhotoCrops(torch.utils.data.Dataset):
-    """Random square crops of the example photographs, resized to ``size``, generated on access.
-
-    Crop ``i`` depends only on ``(seed, i)``: a photo from ``photos``, a side between a third of the photo's
-    shorter side and all of it, a random position. Items are pixel tensors ``(3, size, size)`` in [0, 1].
-    """
-
-    def __init__(self, n: int, size: int = 224, seed: int = 0, *, photos: Sequence[str] = PHOTO_NAMES) -> None:
-        from viztools.data import EXAMPLE_IMAGES
-
-        self.n = check_int(n, "n", low=0)
-        self.size = check_int(size, "size", low=1)
-        self.seed = check_int(seed, "seed", low=0)
-        unknown = [name for name in photos if name not in EXAMPLE_IMAGES]
-        if not photos or unknown:
-            raise ValueError(
-                f"photos must be a non-empty list of example image names; unknown: {unknown}. "
-                f"Choose from: {', '.join(EXAMPLE_IMAGES)}."
-            )
-        self.photos = tuple(photos)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if not 0 <= index < self.n:
-            raise IndexError(f"PhotoCrops index {index} out of range for {self.n} crops.")
-        rng = np.random.default_rng([self.seed, index])
-        photo = _photo(self.photos[int(rng.integers(len(self.photos)))])
-        height, width = photo.shape[:2]
-        shorter = min(height, width)
-        side = int(rng.integers(max(1, shorter // 3), shorter + 1))
-        top, left = int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))
-        crop = Image.fromarray(photo[top : top + side, left : left + side])
-        crop = crop.resize((self.size, self.size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-
-
-class ImageSource:
-    """A sized collection of pixel images, read in batches (used by the data-set-level tools).
-
-    ``images`` is a pixel tensor ``(N, 3, H, W)`` in [0, 1]; a map-style data set (anything with ``len`` and
-    integer indexing, e.g. :class:`~viztools.glyphworld.GlyphWorld` or :class:`PhotoCrops`) whose items are pixel
-    tensors ``(3, H, W)`` or ``(pixels, label)`` pairs; or a folder of image files (PNG, JPEG, ...; sorted by
-    name, each loaded with :func:`viztools.data.load_image` at ``size``, which is then required).
-    """
-
-    def __init__(self, images: object, *, size: int | None = None) -> None:
-        self._tensor: torch.Tensor | None = None
-        self._dataset: object | None = None
-        self._files: list[Path] | None = None
-        self.size = size
-        if isinstance(images, torch.Tensor):
-            if images.dim() == 3:
-                images = images.unsqueeze(0)
-            if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-                raise ValueError(
-                    f"images must be a float pixel tensor of shape (N, 3, H, W); got {tuple(images.shape)} "
-                    f"({images.dtype}). Use viztools.make_glyphworld(n) or viztools.load_image(...) to make one."
-                )
-            self._tensor = images.detach()
-        elif isinstance(images, (str, os.PathLike)):
-            folder = Path(images).expanduser()
-            if not folder.is_dir():
-                raise FileNotFoundError(f"No folder {str(folder)!r}. Pass an existing folder of image files.")
-            if size is None:
-                raise ValueError("Reading a folder of images needs a size (the model's input size).")
-            self._files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not self._files:
-                raise ValueError(f"Folder {str(folder)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
-        elif hasattr(images, "__len__") and hasattr(images, "__getitem__"):
-            self._dataset = images
-        else:
-            raise TypeError(
-                f"Cannot read images from {type(images).__name__}. Pass a pixel tensor (N, 3, H, W), a data set "
-                "such as viztools.GlyphWorld(n) or PhotoCrops(n), or a folder of image files."
-            )
-        if len(self) == 0:
-            raise ValueError("The image collection is empty; pass at least one image.")
-
-    def __len__(self) -> int:
-        if self._tensor is not None:
-            return self._tensor.shape[0]
-        if self._files is not None:
-            return len(self._files)
-        return len(self._dataset)
-
-    def item(self, index: int) -> tuple[torch.Tensor, int | None]:
-        """Image ``index`` as ``(pixels (3, H, W), label or None)``."""
-        from viztools.data import load_image
-
-        if self._tensor is not None:
-            return self._tensor[index], None
-        if self._files is not None:
-            return load_image(self._files[index], size=self.size)[0], None
-        item = self._dataset[index]
-        label = None
-        if isinstance(item, (tuple, list)):
-            if len(item) != 2:
-                raise ValueError(
-                    f"Data set items must be pixels or (pixels, label); item {index} has {len(item)} parts."
-                )
-            item, label = item
-            label = int(label)
-        if not isinstance(item, torch.Tensor) or item.dim() != 3 or item.shape[0] != 3:
-            shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
-            raise ValueError(f"Data set item {index} must be a pixel tensor (3, H, W); got {shape}.")
-        return item, label
-
-    def image(self, index: int) -> torch.Tensor:
-        """Pixels ``(3, H, W)`` of image ``index``."""
-        return self.item(index)[0]
-
-    def batches(self, batch_size: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
-        """Yield ``(start, pixels (B, 3, H, W), labels (B,) or None)`` over the whole collection, in order."""
-        batch_size = check_int(batch_size, "batch_size", low=1)
-        for start in range(0, len(self), batch_size):
-            stop = min(start + batch_size, len(self))
-            if self._tensor is not None:
-                pixels, labels = self._tensor[start:stop].float(), None
-            else:
-                items = [self.item(i) for i in range(start, stop)]
-                shapes = {tuple(pixels.shape) for pixels, _ in items}
-                if len(shapes) > 1:
-                    raise ValueError(f"All images must have the same size; images {start}..{stop - 1} have {shapes}.")
-                pixels = torch.stack([pixels for pixels, _ in items]).float()
-                found = [label for _, label in items]
-                labels = None if None in found else torch.tensor(found)
-            if pixels.numel() and (pixels.min() < 0 or pixels.max() > 1):
-                raise ValueError(
-                    f"Images {start}..{stop - 1} are not pixels in [0, 1] (range [{float(pixels.min()):.3g}, "
-                    f"{float(pixels.max()):.3g}]). Pass unnormalized pixels; the model normalizes them itself."
-                )
-            yield start, pixels, labels
-
+from viztools.plotting import show_images
 
 # --------------------------------------------------------------------------------------------------------------
 # Top activating patches
@@ -318,6 +162,7 @@ def top_activating_patches_grid(
 
     See :func:`top_activating_patches`; returns one :class:`PatchesResult` per channel, in the given order.
     """
+    model = check_model(model)
     if isinstance(channels, int) or not isinstance(channels, Sequence) or not channels:
         raise ValueError(f"channels must be a non-empty list of channel indices; got {channels!r}.")
     channels = [check_int(c, "channel", low=0) for c in channels]
@@ -364,7 +209,8 @@ def top_activating_patches(
     Each image contributes at most one patch: the channel's strongest unit in that image, or the unit at
     ``position = (row, col)`` when given. The patch is that unit's exact receptive field
     (:func:`viztools.hooks.receptive_field`), clipped to the image. ``images``: a pixel tensor, a data set
-    (``GlyphWorld(n)``, :class:`PhotoCrops`) or a folder (see :class:`ImageSource`). Images are streamed in
+    (``GlyphWorld(n)``, :class:`~viztools.data.PhotoCrops`) or a folder (see :class:`~viztools.data.ImageSource`).
+    Images are streamed in
     batches of ``batch_size``; peak memory is about one batch of the layer's activations.
     """
     return top_activating_patches_grid(model, images, layer, [channel], k=k, position=position,
@@ -376,60 +222,40 @@ def top_activating_patches(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _patch_mosaic(rows: list[list[torch.Tensor]], padding: int = 1) -> tuple[np.ndarray, int]:
-    """Patches laid out in a grid of equal square cells (patch centred, white around); returns mosaic and cell side."""
-    cell = max(max(p.shape[1], p.shape[2]) for row in rows for p in row)
-    columns = max(len(row) for row in rows)
-    step = cell + padding
-    mosaic = np.ones((len(rows) * step - padding, columns * step - padding, 3), dtype=np.float32)
-    for r, row in enumerate(rows):
-        for c, patch in enumerate(row):
-            height, width = patch.shape[1:]
-            top = r * step + (cell - height) // 2
-            left = c * step + (cell - width) // 2
-            mosaic[top : top + height, left : left + width] = patch.clamp(0, 1).permute(1, 2, 0).numpy()
-    return mosaic, cell
+def plot_patches(result: PatchesResult, *, columns: int | None = None, ax: Axes | None = None) -> Figure:
+    """Draw the top-k patches of one channel as a grid, each titled with its activation and image index.
 
-
-def plot_patches(result: PatchesResult, *, columns: int | None = None, ax: plt.Axes | None = None) -> Figure:
-    """Draw the top-k patches of one channel as a grid, each labelled with its activation and image index."""
+    Patches are drawn at one scale, so a border unit's clipped patch looks smaller.
+    """
     k = len(result.patches)
     columns = math.ceil(math.sqrt(k)) if columns is None else check_int(columns, "columns", low=1)
-    rows = [result.patches[i : i + columns] for i in range(0, k, columns)]
-    mosaic, cell = _patch_mosaic(rows)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.4 * min(columns, k) + 0.4, 1.4 * len(rows) + 0.6))
-    ax.imshow(mosaic, interpolation="nearest")
-    for i, value in enumerate(result.values.tolist()):
-        row, col = divmod(i, columns)
-        ax.text(col * (cell + 1), row * (cell + 1), f"{value:.2f} #{int(result.image_indices[i])}",
-                fontsize=7, va="top", ha="left", color="white",
-                bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
+    titles = [f"{value:.2f} #{int(index)}" for value, index in zip(result.values.tolist(), result.image_indices,
+                                                                     strict=True)]
     unit = "strongest unit" if result.position is None else f"unit {result.position}"
-    ax.set_title(f"{result.layer}, channel {result.channel}: top {k} patches ({unit})", fontsize=10)
-    ax.set_axis_off()
-    return ax.figure
+    return show_images(result.patches, titles, columns, ax=ax, panel_size=1.4, fontsize=8, same_scale=True,
+                       suptitle=f"{result.layer}, channel {result.channel}: top {k} patches ({unit})")
 
 
-def plot_patches_grid(results: Sequence[PatchesResult], *, ax: plt.Axes | None = None) -> Figure:
+def plot_patches_grid(results: Sequence[PatchesResult], *, ax: Axes | None = None) -> Figure:
     """Draw several channels' top patches: one row per channel, best patch on the left (the lecture's slide).
 
-    Each row is labelled with its best activation: a channel whose best is 0 never fired on these images (a
-    "dead" ReLU), and its "patches" are just each image's first position.
+    Each row is labelled with its channel and best activation: a channel whose best is 0 never fired on these
+    images (a "dead" ReLU), and its "patches" are just each image's first position. Each patch is titled with
+    its activation.
     """
     if not results:
         raise ValueError("results is empty; pass the list returned by top_activating_patches_grid(...).")
-    mosaic, cell = _patch_mosaic([result.patches for result in results])
     k = max(len(result.patches) for result in results)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.0 * k + 1.0, 1.0 * len(results) + 0.6))
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.set_yticks([r * (cell + 1) + (cell - 1) / 2 for r in range(len(results))],
-                  [f"channel {result.channel}\nbest {float(result.values[0]):.2f}" for result in results], fontsize=8)
-    ax.set_xticks([c * (cell + 1) + (cell - 1) / 2 for c in range(k)], [str(c + 1) for c in range(k)], fontsize=8)
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    ax.set_xlabel("rank")
-    ax.set_title(f"{results[0].layer}: top {k} patches per channel", fontsize=10)
-    return ax.figure
+    if any(len(result.patches) != k for result in results):
+        raise ValueError("Every result must hold the same number of patches (one call of top_activating_patches_grid).")
+    return show_images(
+        [patch for result in results for patch in result.patches],
+        [f"{value:.2f}" for result in results for value in result.values.tolist()],
+        k,
+        ax=ax,
+        panel_size=1.1,
+        fontsize=8,
+        same_scale=True,
+        row_labels=[f"channel {result.channel}\nbest {float(result.values[0]):.2f}" for result in results],
+        suptitle=f"{results[0].layer}: top {k} patches per channel, best on the left",
+    )
