@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 import viztools
@@ -148,27 +148,36 @@ def test_model_is_left_unchanged(random_glyphnet: VizModel) -> None:
     pixels = torch.rand(2, 3, 64, 64, requires_grad=True)
     random_glyphnet(pixels).sum().backward()
     before = pixels.grad.clone()
-    plot_filters(random_glyphnet, "conv1")
+    plot_filters(filter_grid(random_glyphnet, "conv1"))
     filter_grid(random_glyphnet, "pool3", normalize="global")
     assert not has_hooks(random_glyphnet.network)
     assert all(torch.equal(v, weights[k]) for k, v in random_glyphnet.network.state_dict().items())
     pixels.grad = None
     random_glyphnet(pixels).sum().backward()
     assert torch.equal(pixels.grad, before)
-    plt.close("all")
 
 
 def test_plots_side_by_side_and_grey_axes(random_glyphnet: VizModel, random_squeezenet: VizModel) -> None:
-    figure, axes = plt.subplots(1, 2)
-    assert plot_filters(random_glyphnet, "conv1", ax=axes[0]) is figure
-    plot_filters(random_squeezenet, "conv1", ax=axes[1])
+    figure = Figure()
+    axes = figure.subplots(1, 2)
+    assert plot_filters(filter_grid(random_glyphnet, "conv1"), ax=axes[0]) is figure
+    plot_filters(filter_grid(random_squeezenet, "conv1"), ax=axes[1])
     assert np.array_equal(axes[0].get_images()[0].get_array(), filter_grid(random_glyphnet, "conv1").mosaic)
     assert axes[1].get_images()[0].get_array().shape == (79, 79, 3)
     assert "96 filters 3x7x7" in axes[1].get_title()
-    figure = plot_filters(random_glyphnet, "conv3", channels=[2, 4], input_channels=[0, 1, 2])
+    assert "glyphnet conv1" in axes[0].get_title()
+    figure = plot_filters(filter_grid(random_glyphnet, "conv3", channels=[2, 4], input_channels=[0, 1, 2]))
+    assert isinstance(figure, Figure) and len(figure.axes) == 1
     assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["2", "4"]
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["0", "1", "2"]
-    plt.close("all")
+    with pytest.raises(TypeError, match=r"plot_filters\(filter_grid\(model, 'conv1'\)\)"):
+        plot_filters(random_glyphnet)
+
+
+def test_plain_module_gets_a_message_naming_vizmodel(random_glyphnet: VizModel) -> None:
+    for function in (filter_grid, resolve_conv):
+        with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
+            function(random_glyphnet.network, "conv1")
 
 
 @pytest.mark.imagenet

@@ -13,15 +13,16 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
-from viztools._validation import check_choice, check_int
+from viztools._validation import check_choice, check_int, check_model
 from viztools.hooks import attach
 from viztools.models import VizModel
+from viztools.plotting import figure_and_axes
 
 MODES = ("auto", "rgb", "grey")
 NORMALIZATIONS = ("filter", "map", "global")
@@ -77,6 +78,7 @@ def resolve_conv(model: VizModel, layer: str) -> tuple[str, nn.Conv2d]:
     names such as ``"conv1"`` name the ReLU after the conv) gives the nearest Conv2d called before it in the
     forward pass. Raises ValueError when that nearest weight layer is not a Conv2d (e.g. a fully connected layer).
     """
+    model = check_model(model)
     path = model.layer_path(layer)
     module = model.network.get_submodule(path)
     if isinstance(module, nn.Conv2d):
@@ -121,7 +123,8 @@ class FilterGrid:
     """Filters of one Conv2d as pictures.
 
     Attributes:
-        layer: the layer as given; conv_path: the Conv2d shown (see :func:`resolve_conv`).
+        model_name: the model's name; layer: the layer as given; conv_path: the Conv2d shown (see
+            :func:`resolve_conv`).
         mode: ``"rgb"`` (one colour tile per filter) or ``"grey"`` (one greyscale map per input channel).
         normalize: how values were scaled to [0, 1] (see :func:`filter_grid`).
         channels: output channels shown; input_channels: input channels shown (grey mode), else None.
@@ -132,6 +135,7 @@ class FilterGrid:
         weight_shape: shape ``(out, in, kh, kw)`` of the Conv2d's full weight.
     """
 
+    model_name: str
     layer: str
     conv_path: str
     mode: str
@@ -198,6 +202,7 @@ def filter_grid(
     and tiles are not comparable in magnitude; ``"map"`` (grey only) scales each kh x kw map on its own;
     ``"global"`` uses one scale for all shown weights, so weak filters look flat. A constant group shows 0.5.
     """
+    model = check_model(model)
     conv_path, conv = resolve_conv(model, layer)
     mode = check_choice(mode, "mode", MODES)
     normalize = check_choice(normalize, "normalize", NORMALIZATIONS)
@@ -234,37 +239,28 @@ def filter_grid(
         tiles = _scale(selected, dims).numpy()
         columns = len(input_list)
         mosaic = _mosaic([[np.repeat(m[..., None], 3, axis=2) for m in row] for row in tiles], padding, _GREY_GAP)
-    return FilterGrid(layer=layer, conv_path=conv_path, mode=mode, normalize=normalize, channels=channels,
+    return FilterGrid(model_name=model.name, layer=layer, conv_path=conv_path, mode=mode, normalize=normalize,
+                      channels=channels,
                       input_channels=None if mode == "rgb" else (input_channels or list(range(in_count))),
                       tiles=tiles, mosaic=mosaic, columns=columns, padding=padding,
                       weight_shape=tuple(weight.shape))
 
 
-def plot_filters(
-    model: VizModel,
-    layer: str,
-    *,
-    channels: Sequence[int] | None = None,
-    input_channels: Sequence[int] | None = None,
-    mode: str = "auto",
-    normalize: str = "filter",
-    columns: int | None = None,
-    ax: plt.Axes | None = None,
-) -> Figure:
-    """Draw :func:`filter_grid` as one image; pass ``ax`` to put two models' first layers side by side."""
-    grid = filter_grid(model, layer, channels=channels, input_channels=input_channels, mode=mode,
-                       normalize=normalize, columns=columns)
+def plot_filters(grid: FilterGrid, *, ax: Axes | None = None) -> Figure:
+    """Draw a :func:`filter_grid` as one image; pass ``ax`` to put two models' first layers side by side."""
+    if not isinstance(grid, FilterGrid):
+        raise TypeError(f"plot_filters takes the result of filter_grid(model, layer, ...); got {type(grid).__name__}."
+                        " Example: plot_filters(filter_grid(model, 'conv1')).")
     out_count, in_count, kh, kw = grid.weight_shape
-    if ax is None:
-        height, width = grid.mosaic.shape[:2]
-        scale = 6.0 / max(height, width)
-        _, ax = plt.subplots(figsize=(max(2.5, width * scale) + 0.6, max(2.0, height * scale) + 0.8))
+    height, width = grid.mosaic.shape[:2]
+    scale = 6.0 / max(height, width)
+    figure, ax = figure_and_axes(ax, figsize=(max(2.5, width * scale) + 0.6, max(2.0, height * scale) + 0.8))
     ax.imshow(grid.mosaic, interpolation="nearest")
-    ax.set_title(f"{model.name} {layer} ({grid.conv_path}): {out_count} filters {in_count}x{kh}x{kw}\n"
+    ax.set_title(f"{grid.model_name} {grid.layer} ({grid.conv_path}): {out_count} filters {in_count}x{kh}x{kw}\n"
                  f"{'RGB' if grid.mode == 'rgb' else 'per input channel'}, scaled per {grid.normalize}", fontsize=9)
     if grid.mode == "rgb":
         ax.set_axis_off()
-        return ax.figure
+        return figure
     step_h, step_w = kh + grid.padding, kw + grid.padding
     ax.set_yticks([r * step_h + (kh - 1) / 2 for r in range(len(grid.channels))], [str(c) for c in grid.channels])
     every = max(1, len(grid.input_channels) // 16)
@@ -275,4 +271,4 @@ def plot_filters(
     ax.set_ylabel("output channel (filter)")
     for spine in ax.spines.values():
         spine.set_visible(False)
-    return ax.figure
+    return figure
