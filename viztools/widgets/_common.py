@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from viztools.data import to_numpy_image
+
 # --------------------------------------------------------------------------------------------------------------
 # Images: arrays -> uint8 RGB panels -> PNG bytes
 # --------------------------------------------------------------------------------------------------------------
@@ -59,17 +61,7 @@ def to_rgb_uint8(image: object) -> np.ndarray:
 
     Float input is taken to lie in [0, 1] and is clipped.
     """
-    if isinstance(image, torch.Tensor):
-        array = image.detach().cpu()
-        if array.dim() == 4:
-            if array.shape[0] != 1:
-                raise ValueError(f"Expected a single image; got a batch of {array.shape[0]}.")
-            array = array[0]
-        if array.dim() != 3 or array.shape[0] != 3:
-            raise ValueError(f"Expected pixels of shape (1, 3, H, W) or (3, H, W); got {tuple(image.shape)}.")
-        array = array.permute(1, 2, 0).float().numpy()
-    else:
-        array = np.asarray(image)
+    array = to_numpy_image(image) if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] != 3:
