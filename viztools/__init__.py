@@ -5,88 +5,97 @@ of pure functions on pixel tensors plus a ``plot_*`` helper; widgets live in ``v
 names are re-exported here; a function named like its module (``occlusion``, ``saliency``,
 ``class_visualization``, ``deepdream``, ``optimize``) is reached through its module, e.g.
 ``viztools.occlusion.occlusion(model, image)``, so that the module itself stays importable as ``viztools.<name>``.
+
+Names and submodules are imported on first use (PEP 562), so ``import viztools`` and the ``viztools`` command
+start quickly; the first use of a name imports its module (and torch).
 """
 
-from viztools.adversarial import (
-    FoolingResult,
-    fgsm,
-    fooling_image,
-    iterative_fgsm,
-    magnified_difference,
-    plot_fooling,
-    unrecognizable_image,
-)
-from viztools.class_visualization import plot_class_visualizations
-from viztools.data import example_image, example_image_names, load_image, to_numpy_image
-from viztools.deepdream import plot_deepdream
-from viztools.embeddings import Embedding, plot_tsne, plot_tsne_grid, tsne_embedding, tsne_grid
-from viztools.filters import filter_grid, plot_filters
-from viztools.glyphworld import CLASS_NAMES as GLYPHWORLD_CLASSES
-from viztools.glyphworld import GlyphWorld, make_glyphworld
-from viztools.hooks import LOGITS, capture_activations, forward_activations, get_activations, receptive_field
-from viztools.inversion import invert_features, plot_inversions
-from viztools.models import MODEL_NAMES, VizModel, load_model
-from viztools.occlusion import OcclusionResult, occlusion_coarse_to_fine, plot_occlusion
-from viztools.optimize import Objective, Optimization, OptimizationResult, Progress, run
-from viztools.patches import PatchesResult, plot_patches, plot_patches_grid, top_activating_patches
-from viztools.saliency import deconvnet, guided_backprop, input_gradient, neuron_gradient, plot_saliency
-from viztools.style import gram_matrix, plot_style_transfer, style_transfer
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GLYPHWORLD_CLASSES",
-    "LOGITS",
-    "MODEL_NAMES",
-    "Embedding",
-    "FoolingResult",
-    "GlyphWorld",
-    "Objective",
-    "OcclusionResult",
-    "Optimization",
-    "OptimizationResult",
-    "PatchesResult",
-    "Progress",
-    "VizModel",
-    "__version__",
-    "capture_activations",
-    "deconvnet",
-    "example_image",
-    "example_image_names",
-    "fgsm",
-    "filter_grid",
-    "fooling_image",
-    "forward_activations",
-    "get_activations",
-    "gram_matrix",
-    "guided_backprop",
-    "input_gradient",
-    "invert_features",
-    "iterative_fgsm",
-    "load_image",
-    "load_model",
-    "magnified_difference",
-    "make_glyphworld",
-    "neuron_gradient",
-    "occlusion_coarse_to_fine",
-    "plot_class_visualizations",
-    "plot_deepdream",
-    "plot_filters",
-    "plot_fooling",
-    "plot_inversions",
-    "plot_occlusion",
-    "plot_patches",
-    "plot_patches_grid",
-    "plot_saliency",
-    "plot_style_transfer",
-    "plot_tsne",
-    "plot_tsne_grid",
-    "receptive_field",
-    "run",
-    "style_transfer",
-    "to_numpy_image",
-    "top_activating_patches",
-    "tsne_embedding",
-    "tsne_grid",
-    "unrecognizable_image",
-]
+# Public name -> "module" (the submodule of viztools that defines it under the same name) or "module:attribute".
+# To export a new name, add one line here: __all__, dir() and `from viztools import NAME` follow from this table.
+_EXPORTS: dict[str, str] = {
+    "FoolingResult": "adversarial",
+    "fgsm": "adversarial",
+    "fooling_image": "adversarial",
+    "iterative_fgsm": "adversarial",
+    "magnified_difference": "adversarial",
+    "plot_fooling": "adversarial",
+    "unrecognizable_image": "adversarial",
+    "plot_class_visualizations": "class_visualization",
+    "example_image": "data",
+    "example_image_names": "data",
+    "load_image": "data",
+    "to_numpy_image": "data",
+    "plot_deepdream": "deepdream",
+    "Embedding": "embeddings",
+    "plot_tsne": "embeddings",
+    "plot_tsne_grid": "embeddings",
+    "tsne_embedding": "embeddings",
+    "tsne_grid": "embeddings",
+    "filter_grid": "filters",
+    "plot_filters": "filters",
+    "GLYPHWORLD_CLASSES": "glyphworld:CLASS_NAMES",
+    "GlyphWorld": "glyphworld",
+    "make_glyphworld": "glyphworld",
+    "LOGITS": "hooks",
+    "capture_activations": "hooks",
+    "forward_activations": "hooks",
+    "get_activations": "hooks",
+    "receptive_field": "hooks",
+    "invert_features": "inversion",
+    "plot_inversions": "inversion",
+    "MODEL_NAMES": "models",
+    "VizModel": "models",
+    "load_model": "models",
+    "OcclusionResult": "occlusion",
+    "occlusion_coarse_to_fine": "occlusion",
+    "plot_occlusion": "occlusion",
+    "Objective": "optimize",
+    "Optimization": "optimize",
+    "OptimizationResult": "optimize",
+    "Progress": "optimize",
+    "run": "optimize",
+    "PatchesResult": "patches",
+    "plot_patches": "patches",
+    "plot_patches_grid": "patches",
+    "top_activating_patches": "patches",
+    "deconvnet": "saliency",
+    "guided_backprop": "saliency",
+    "input_gradient": "saliency",
+    "neuron_gradient": "saliency",
+    "plot_saliency": "saliency",
+    "gram_matrix": "style",
+    "plot_style_transfer": "style",
+    "style_transfer": "style",
+}
+
+__all__ = sorted(["__version__", *_EXPORTS])
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name's module (or a submodule such as ``viztools.occlusion``) on first access."""
+    if name in _EXPORTS:
+        module_name, _, attribute = _EXPORTS[name].partition(":")
+        value = getattr(importlib.import_module(f"{__name__}.{module_name}"), attribute or name)
+    elif not name.startswith("_") and name in _submodules():
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Exported names and submodules, for tab completion."""
+    return sorted({*globals(), *__all__, *_submodules()})
+
+
+def _submodules() -> set[str]:
+    return {module.name for module in pkgutil.iter_modules(__path__) if not module.name.startswith("_")}
