@@ -11,11 +11,10 @@ from torch import nn
 
 import viztools
 from viztools.adversarial import (
-    FoolingRun,
     classic_fooling_lr,
     fgsm,
     fooling_image,
-    fooling_run,
+    fooling_image_optimization,
     iterative_fgsm,
     magnified_difference,
     plot_fooling,
@@ -23,7 +22,7 @@ from viztools.adversarial import (
 )
 from viztools.hooks import has_hooks
 from viztools.models import VizModel
-from viztools.optimize import Progress
+from viztools.optimize import Progress, Run
 
 matplotlib.use("Agg")
 
@@ -171,11 +170,11 @@ def test_fooling_on_linear_model_takes_the_predicted_number_of_steps(linear):
 def test_unrecognizable_image_on_linear_model_reaches_the_confidence(linear):
     model, weight = linear
     # From grey (p = 0.5) each step raises w . x by lr * ||w||; p("one") >= 0.99 needs w . x >= log(99).
-    result = unrecognizable_image(model, "one", start="grey", confidence=0.99, lr=0.05)
+    result = unrecognizable_image(model, grey(), "one", confidence=0.99, lr=0.05)
     assert result.steps == math.ceil(math.log(99) / (0.05 * float(weight.norm())))
     assert result.success and result.prediction_name == "one" and result.probability >= 0.99
     assert torch.equal(result.original, grey())
-    noisy = unrecognizable_image(model, 1, confidence=0.999, seed=3)
+    noisy = unrecognizable_image(model, target=1, confidence=0.999, seed=3)
     assert noisy.success and noisy.probability >= 0.999
     assert not torch.equal(noisy.original, result.original)
 
@@ -199,8 +198,8 @@ def test_fooling_run_matches_the_plain_cs231n_loop(glyphnet):
     image = viztools.make_glyphworld(1, seed=1, start=2)[0]  # a telephone (100%)
     target = int(model.predict(image)[0].argmin())  # the least likely class: several steps
     expected, expected_images = cs231n_fooling(model, image, target, lr=0.1, max_steps=60)
-    run = fooling_run(model, image, target, lr=0.1, max_steps=60)
-    assert isinstance(run, FoolingRun)
+    run = fooling_image_optimization(model, image, target, lr=0.1, max_steps=60)
+    assert isinstance(run, Run)
     progress = list(run)
     assert all(isinstance(p, Progress) for p in progress)
     assert [p.step for p in progress] == list(range(1, len(expected_images) + 1))
@@ -220,7 +219,7 @@ def test_fooling_budget_stop_and_trivial_target(linear):
     assert short.l2 == pytest.approx(0.03, rel=1e-4)
     already = fooling_image(model, image, "zero")
     assert already.steps == 0 and already.success and torch.equal(already.adversarial, image)
-    run = fooling_run(model, image, "one", lr=0.01, max_steps=50)
+    run = fooling_image_optimization(model, image, "one", lr=0.01, max_steps=50)
     next(run)
     run.stop()
     assert run.result().steps == 1
@@ -243,8 +242,9 @@ class InterruptOnce(nn.Module):
 def test_ctrl_c_during_fooling_returns_the_image_so_far(linear):
     model, weight = linear
     image = (grey() - 0.2 * weight.sign()).clamp(0, 1)
-    # Forward passes: 1 checks the start, then per step one for the gradient and one for the prediction.
-    interrupted = VizModel(name="interrupted", network=InterruptOnce(model.network, at=6), categories=["zero", "one"],
+    # Forward passes: 1 checks that the network runs at the image's size, 1 checks the start, then per step one
+    # for the gradient and one for the prediction.
+    interrupted = VizModel(name="interrupted", network=InterruptOnce(model.network, at=7), categories=["zero", "one"],
                            input_size=SIZE, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     result = fooling_image(interrupted, image, "one", lr=0.01)
     assert result.steps == 2 and not result.success
@@ -280,7 +280,7 @@ def test_bad_arguments_raise_helpful_errors(linear):
         fgsm(model, torch.rand(1, SIZE, SIZE), epsilon=0.1)
     with pytest.raises(ValueError, match="batch size 1"):
         fgsm(model, torch.rand(2, 3, SIZE, SIZE), epsilon=0.1)
-    with pytest.raises(ValueError, match=r"pixels in \[0, 1\].*clamp"):
+    with pytest.raises(ValueError, match=r"pixel values in \[0, 1\].*divide by 255"):
         fgsm(model, grey() * 255, epsilon=0.1)
     with pytest.raises(ValueError, match="targeted attack needs a target class"):
         fgsm(model, grey(), epsilon=0.1, targeted=True)
@@ -296,10 +296,10 @@ def test_bad_arguments_raise_helpful_errors(linear):
         fooling_image(model, grey(), 1, max_steps=-1)
     with pytest.raises(ValueError, match=r"image must have shape"):
         fooling_image(model, torch.rand(3, 3, SIZE, SIZE, 1), 1)
-    with pytest.raises(ValueError, match=r"Unknown start 'gray'.*Did you mean 'grey'"):
-        unrecognizable_image(model, 1, start="gray")
+    with pytest.raises(TypeError, match=r"got the string 'one'.*pass it as target='one'"):
+        unrecognizable_image(model, "one")
     with pytest.raises(ValueError, match=r"confidence must be a number in \(0, 1\]"):
-        unrecognizable_image(model, 1, confidence=1.5)
+        unrecognizable_image(model, target=1, confidence=1.5)
     with pytest.raises(ValueError, match="same shape"):
         magnified_difference(grey(), torch.rand(1, 3, 4, 4))
 
@@ -323,12 +323,12 @@ def test_model_unchanged_and_no_hooks_left(glyphnet):
     fgsm(model, image, epsilon=0.03)
     iterative_fgsm(model, image, "star", epsilon=0.03, steps=3, targeted=True)
     fooling_image(model, image, "star", max_steps=3)
-    unrecognizable_image(model, "star", max_steps=3)
+    unrecognizable_image(model, target="star", max_steps=3)
     assert not has_hooks(model.network)
-    with pytest.raises(RuntimeError):  # a 32 px image does not fit GlyphNet's classifier
+    with pytest.raises(ValueError, match=r"cannot classify a 32x32 px image.*model\.preprocess"):
         iterative_fgsm(model, torch.rand(1, 3, 32, 32), 0, epsilon=0.03, steps=3)
     assert not has_hooks(model.network)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=r"cannot classify a 32x32 px image"):
         fooling_image(model, torch.rand(1, 3, 32, 32), "star", max_steps=3)
     assert not has_hooks(model.network)
     assert not model.network.training
@@ -348,7 +348,7 @@ def test_attacks_are_deterministic_and_seeded(glyphnet):
     assert not torch.equal(runs[0], runs[2])
     fooled = [fooling_image(model, image, "star", max_steps=5).adversarial for _ in range(2)]
     assert torch.equal(fooled[0], fooled[1])
-    noise = [unrecognizable_image(model, "star", max_steps=2, seed=seed).original for seed in (4, 4, 5)]
+    noise = [unrecognizable_image(model, target="star", max_steps=2, seed=seed).original for seed in (4, 4, 5)]
     assert torch.equal(noise[0], noise[1]) and not torch.equal(noise[0], noise[2])
     assert torch.equal(image, image_before)  # the input is never modified in place
 
@@ -427,7 +427,7 @@ def test_glyphnet_fgsm_flips_images_and_iterating_is_stronger(glyphnet):
 
 def test_glyphnet_unrecognizable_images_for_every_class(glyphnet):
     for target in glyphnet.categories:
-        result = unrecognizable_image(glyphnet, target, confidence=0.99, seed=0)
+        result = unrecognizable_image(glyphnet, target=target, confidence=0.99, seed=0)
         # Measured: every class within 12 steps; the change's RMS is at most 0.25x the start noise's own RMS.
         assert result.success and result.prediction_name == target and result.probability >= 0.99
         noise_rms = float((result.original - 0.5).pow(2).mean().sqrt())
@@ -450,5 +450,5 @@ def test_imagenet_cat_fooled_into_goldfish_and_school_bus(imagenet_squeezenet):
         assert result.success and result.prediction_name == target and result.steps <= 100
         # measured: goldfish in 3 steps (L-inf 8.5/255, RMS 0.0015), school bus in 10 (11.9/255, 0.0036)
         assert result.linf < 0.1 and result.rms < 0.01
-    noise = unrecognizable_image(model, "goldfish", confidence=0.99, max_steps=50, seed=0)
+    noise = unrecognizable_image(model, target="goldfish", confidence=0.99, max_steps=50, seed=0)
     assert noise.success and noise.prediction_name == "goldfish" and noise.probability >= 0.99

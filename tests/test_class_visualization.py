@@ -14,7 +14,7 @@ from viztools.class_visualization import (
     class_visualization_optimization,
     mean_image,
     pixel_step_size,
-    plot_class_visualizations,
+    plot_class_visualization,
 )
 from viztools.hooks import has_hooks
 from viztools.models import VizModel
@@ -55,15 +55,15 @@ def test_one_step_matches_the_cs231n_update_by_hand():
     direction = model.network[1].weight[1].view(1, 3, 8, 8) - 2 * l2 * x
     step = pixel_step_size(model, lr) * direction / direction.pow(2).mean().sqrt()
     expected = (start + step).clamp(0, 1)
-    result = class_visualization(model, "green", image=start, steps=1, lr=lr, l2=l2, jitter=0, blur_every=0)
+    result = class_visualization(model, start, "green", steps=1, lr=lr, l2=l2, jitter=0, blur_every=0).image
     # the best image is the final one: the score rose and the penalty barely changed
     torch.testing.assert_close(result, expected)
 
 
 def test_score_rises_and_l2_keeps_the_image_small():
     model = linear_model()
-    weak = class_visualization(model, 0, steps=30, l2=0.0, jitter=0, blur_every=0)
-    strong = class_visualization(model, 0, steps=30, l2=0.5, jitter=0, blur_every=0)
+    weak = class_visualization(model, target=0, steps=30, l2=0.0, jitter=0, blur_every=0).image
+    strong = class_visualization(model, target=0, steps=30, l2=0.5, jitter=0, blur_every=0).image
     start = mean_image(model)
     assert model(weak)[0, 0] > model(start)[0, 0] + 10
     assert model.normalize(strong).norm() < 0.8 * model.normalize(weak).norm()
@@ -71,26 +71,27 @@ def test_score_rises_and_l2_keeps_the_image_small():
 
 def test_blur_smooths_the_result():
     model = linear_model(16)
-    sharp = class_visualization(model, 2, steps=20, blur_every=0, jitter=0)
-    blurred = class_visualization(model, 2, steps=20, blur_every=1, blur_sigma=1.0, jitter=0)
+    sharp = class_visualization(model, target=2, steps=20, blur_every=0, jitter=0).image
+    blurred = class_visualization(model, target=2, steps=20, blur_every=1, blur_sigma=1.0, jitter=0).image
     assert TotalVariation(1.0)(blurred) < 0.5 * TotalVariation(1.0)(sharp)
 
 
 def test_same_seed_same_image_with_jitter():
     model = linear_model(16)
-    first = class_visualization(model, "blue", steps=5, jitter=3, seed=1)
-    assert torch.equal(first, class_visualization(model, "blue", steps=5, jitter=3, seed=1))
-    assert not torch.equal(first, class_visualization(model, "blue", steps=5, jitter=3, seed=2))
+    first = class_visualization(model, target="blue", steps=5, jitter=3, seed=1).image
+    assert torch.equal(first, class_visualization(model, target="blue", steps=5, jitter=3, seed=1).image)
+    assert not torch.equal(first, class_visualization(model, target="blue", steps=5, jitter=3, seed=2).image)
 
 
 def test_progress_and_callback_stop():
     model = linear_model()
-    records = list(class_visualization_optimization(model, 1, steps=6, every=3))
+    records = list(class_visualization_optimization(model, target=1, steps=6, every=3))
     assert [r.step for r in records] == [3, 6]
     assert set(records[0].losses) == {"class 1 score", "L2"}
     seen = []
-    class_visualization(model, 1, steps=50, callback=lambda p: seen.append(p.step) or p.step == 4)
+    result = class_visualization(model, target=1, steps=50, should_stop=lambda p: seen.append(p.step) or p.step == 4)
     assert seen == [1, 2, 3, 4]
+    assert (result.steps, result.stop_reason) == (4, "stopped")
 
 
 def test_no_hooks_and_model_unchanged_after_success_and_error():
@@ -98,9 +99,9 @@ def test_no_hooks_and_model_unchanged_after_success_and_error():
     probe = torch.rand(1, 3, 8, 8, requires_grad=True)
     model(probe)[0, 2].backward()
     reference = probe.grad.clone()
-    class_visualization(model, 2, steps=3)
+    class_visualization(model, target=2, steps=3)
     with pytest.raises(ValueError):
-        class_visualization(model, 2, steps=3, blur_sigma=-1.0)
+        class_visualization(model, target=2, steps=3, blur_sigma=-1.0)
     assert not has_hooks(model.network)
     probe.grad = None
     model(probe)[0, 2].backward()
@@ -110,30 +111,34 @@ def test_no_hooks_and_model_unchanged_after_success_and_error():
 def test_bad_arguments_raise_helpful_errors():
     model = linear_model()
     with pytest.raises(ValueError, match=r"Unknown class name 'gren'.*Did you mean 'green'"):
-        class_visualization(model, "gren")
+        class_visualization(model, target="gren")
     with pytest.raises(ValueError, match="target class index must be"):
-        class_visualization(model, 3)
+        class_visualization(model, target=3)
     with pytest.raises(ValueError, match="needs a target class"):
-        class_visualization(model, None)
+        class_visualization(model, target=None)
     with pytest.raises(ValueError, match="l2 must be"):
-        class_visualization(model, 0, l2=-1.0)
+        class_visualization(model, target=0, l2=-1.0)
     with pytest.raises(ValueError, match="steps must be"):
-        class_visualization(model, 0, steps=-5)
+        class_visualization(model, target=0, steps=-5)
     with pytest.raises(ValueError, match="lr must be"):
-        class_visualization(model, 0, lr=0)
+        class_visualization(model, target=0, lr=0)
     with pytest.raises(ValueError, match=r"shape \(1, 3, H, W\)"):
-        class_visualization(model, 0, image=torch.rand(2, 3, 8, 8)[:, :2])
+        class_visualization(model, torch.rand(2, 3, 8, 8)[:, :2], 0)
 
 
 @pytest.mark.slow
 def test_glyphnet_class_visualizations_are_classified_as_their_class(glyphnet):
     PNG_DIR.mkdir(exist_ok=True)
     targets = ["heart", "star", "anchor", "umbrella"]
-    images = [class_visualization(glyphnet, target, seed=0) for target in targets]
-    for target, image in zip(targets, images, strict=True):
+    results = [class_visualization(glyphnet, target=target, seed=0) for target in targets]
+    for target, result in zip(targets, results, strict=True):
         index = glyphnet.class_index(target)
-        probability = float(glyphnet.predict(image)[0, index])
+        probability = float(glyphnet.predict(result.image)[0, index])
         assert probability > 0.9, f"{target}: p = {probability:.3f}"
-    figure = plot_class_visualizations(glyphnet, images, targets, columns=4)
+        assert (result.target, result.class_name, result.probability) == (index, target, probability)
+    figure = plot_class_visualization(results, columns=4)
+    assert [ax.get_title() for ax in figure.axes if ax.get_title()] == [
+        f"{r.class_name}\np = {r.probability:.2f}" for r in results
+    ]
     figure.savefig(PNG_DIR / "glyphnet_classes.png", dpi=80)
     assert not has_hooks(glyphnet.network)

@@ -38,9 +38,9 @@ def dream_value(model: VizModel, image: torch.Tensor, layer: str) -> float:
 
 def test_the_dream_objective_rises():
     model, image = dream_model(), photo()
-    dreamed = deepdream(model, image, "conv2", steps=10, octaves=1, seed=0)
+    dreamed = deepdream(model, image, layer="conv2", steps=10, octaves=1, seed=0).image
     assert dream_value(model, dreamed, "conv2") > 1.5 * dream_value(model, image, "conv2")
-    more = deepdream(model, image, "conv2", steps=30, octaves=1, seed=0)
+    more = deepdream(model, image, layer="conv2", steps=30, octaves=1, seed=0).image
     assert dream_value(model, more, "conv2") > dream_value(model, dreamed, "conv2")
 
 
@@ -53,7 +53,7 @@ def test_the_gradient_at_the_layer_equals_its_activation_inside_the_loop():
             output.register_hook(lambda grad: pairs.append((output.detach().clone(), grad.clone())))
 
     with attach(model.layer("conv2"), forward=record):
-        deepdream(model, photo(), "conv2", steps=3, octaves=2, seed=0)
+        deepdream(model, photo(), layer="conv2", steps=3, octaves=2, seed=0)
     assert len(pairs) == 6
     for activation, gradient in pairs:
         # the loop minimizes -0.5 * sum(a^2): the gradient of the loss is -a
@@ -67,15 +67,15 @@ def test_one_step_matches_a_naive_normalized_gradient_step():
     (0.5 * activation.pow(2).sum()).backward()
     gradient = pixels.grad
     expected = (image + 0.01 * gradient / gradient.abs().mean()).clamp(0, 1)
-    dreamed = deepdream(model, image, "conv2", steps=1, lr=0.01, octaves=1, jitter=0)
+    dreamed = deepdream(model, image, layer="conv2", steps=1, lr=0.01, octaves=1, jitter=0).image
     torch.testing.assert_close(dreamed, expected)
 
 
 def test_octaves_return_the_input_size_and_change_the_result():
     model = dream_model()
     image = photo(20, 28)
-    multi = deepdream(model, image, "conv1", steps=3, octaves=3, octave_scale=1.5, seed=0)
-    single = deepdream(model, image, "conv1", steps=3, octaves=1, seed=0)
+    multi = deepdream(model, image, layer="conv1", steps=3, octaves=3, octave_scale=1.5, seed=0).image
+    single = deepdream(model, image, layer="conv1", steps=3, octaves=1, seed=0).image
     assert multi.shape == single.shape == image.shape
     assert multi.min() >= 0 and multi.max() <= 1
     assert not torch.allclose(multi, single)
@@ -91,7 +91,7 @@ def test_same_seed_same_dream_other_seed_differs():
     model, image = dream_model(), photo()
 
     def once(seed: int) -> torch.Tensor:
-        return deepdream(model, image, "conv2", steps=4, octaves=2, jitter=2, seed=seed)
+        return deepdream(model, image, layer="conv2", steps=4, octaves=2, jitter=2, seed=seed).image
 
     assert torch.equal(once(5), once(5))
     assert not torch.equal(once(5), once(6))
@@ -104,7 +104,7 @@ def test_any_image_size_works_although_the_classifier_needs_a_fixed_size():
         model(image)
     calls = []
     with attach(model.network[5], forward=lambda module, inputs, output: calls.append(1)):
-        dreamed = deepdream(model, image, "conv1", steps=2, octaves=2, seed=0)
+        dreamed = deepdream(model, image, layer="conv1", steps=2, octaves=2, seed=0).image
     assert dreamed.shape == image.shape
     assert calls == []  # the forward pass stopped at conv1: the classifier never ran
     assert not has_hooks(model.network)
@@ -116,7 +116,7 @@ def test_keyboard_interrupt_returns_an_image_of_the_input_size():
     def interrupt(progress) -> bool:
         raise KeyboardInterrupt
 
-    dreamed = deepdream(model, image, "conv2", steps=5, octaves=3, octave_scale=1.4, callback=interrupt)
+    dreamed = deepdream(model, image, layer="conv2", steps=5, octaves=3, octave_scale=1.4, should_stop=interrupt).image
     assert dreamed.shape == image.shape
     assert not has_hooks(model.network)
 
@@ -124,7 +124,8 @@ def test_keyboard_interrupt_returns_an_image_of_the_input_size():
 def test_callback_can_stop_early():
     model, image = dream_model(), photo()
     steps_seen = []
-    deepdream(model, image, "conv2", steps=10, octaves=2, callback=lambda p: steps_seen.append(p.step) or p.step == 2)
+    deepdream(model, image, layer="conv2", steps=10, octaves=2,
+              should_stop=lambda p: steps_seen.append(p.step) or p.step == 2)
     assert steps_seen == [1, 2]
 
 
@@ -133,9 +134,9 @@ def test_model_unchanged_and_no_hooks_after_dream_and_after_error():
     probe = image.clone().requires_grad_(True)
     model(probe)[0, 0].backward()
     reference = probe.grad.clone()
-    deepdream(model, image, "conv2", steps=2, octaves=1)
+    deepdream(model, image, layer="conv2", steps=2, octaves=1)
     with pytest.raises(ValueError):
-        deepdream(model, image, "conv7", steps=2)
+        deepdream(model, image, layer="conv7", steps=2)
     assert not has_hooks(model.network)
     assert not model.network.training and all(not p.requires_grad for p in model.network.parameters())
     probe.grad = None
@@ -146,27 +147,27 @@ def test_model_unchanged_and_no_hooks_after_dream_and_after_error():
 def test_bad_arguments_raise_helpful_errors():
     model, image = dream_model(), photo()
     with pytest.raises(ValueError, match=r"Unknown layer 'conv3'.*conv1, conv2"):
-        deepdream(model, image, "conv3")
+        deepdream(model, image, layer="conv3")
     with pytest.raises(ValueError, match="octaves must be"):
-        deepdream(model, image, "conv1", octaves=0)
+        deepdream(model, image, layer="conv1", octaves=0)
     with pytest.raises(ValueError, match="steps must be"):
-        deepdream(model, image, "conv1", steps=-1)
+        deepdream(model, image, layer="conv1", steps=-1)
     with pytest.raises(ValueError, match="octave_scale must be"):
-        deepdream(model, image, "conv1", octave_scale=1.0)
+        deepdream(model, image, layer="conv1", octave_scale=1.0)
     with pytest.raises(ValueError, match=r"shape \(1, 3, H, W\)"):
-        deepdream(model, torch.rand(1, 1, 16, 16), "conv1")
+        deepdream(model, torch.rand(1, 1, 16, 16), layer="conv1")
     with pytest.raises(ValueError, match="cannot process a 16x16 image"):
-        deepdream(model, image, "logits", octaves=1)
+        deepdream(model, image, layer="logits", octaves=1)
     assert not has_hooks(model.network)
 
 
 def test_glyphnet_dreams_at_any_size_although_fc1_needs_64_px(glyphnet):
     image = photo(96, 80)
-    dreamed = deepdream(glyphnet, image, "conv4", steps=3, octaves=2, seed=0)
+    dreamed = deepdream(glyphnet, image, layer="conv4", steps=3, octaves=2, seed=0).image
     assert dreamed.shape == image.shape
     assert dream_value(glyphnet, dreamed, "conv4") > dream_value(glyphnet, image, "conv4")
-    at_input_size = deepdream(glyphnet, photo(64, 64), "fc1", steps=2, octaves=1, seed=0)
+    at_input_size = deepdream(glyphnet, photo(64, 64), layer="fc1", steps=2, octaves=1, seed=0).image
     assert at_input_size.shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="cannot process a 96x80 image"):
-        deepdream(glyphnet, image, "fc1", octaves=1)
+        deepdream(glyphnet, image, layer="fc1", octaves=1)
     assert not has_hooks(glyphnet.network)

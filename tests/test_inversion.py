@@ -13,7 +13,7 @@ from viztools.hooks import get_activations, has_hooks
 from viztools.inversion import (
     invert_features,
     invert_features_optimization,
-    plot_inversions,
+    plot_inversion,
     reconstruction_error,
     starting_image,
 )
@@ -43,13 +43,13 @@ def checkerboard(size: int = 16) -> torch.Tensor:
 
 def test_an_invertible_layer_is_inverted_exactly():
     model, image = two_layer_model(), checkerboard()
-    reconstruction = invert_features(model, image, "copy", steps=150, lr=0.05, tv_weight=0.0, seed=0)
+    reconstruction = invert_features(model, image, layer="copy", steps=150, lr=0.05, tv_weight=0.0, seed=0).image
     assert reconstruction_error(reconstruction, image) < 0.01
 
 
 def test_pooling_loses_detail_and_the_features_still_match():
     model, image = two_layer_model(), checkerboard()
-    reconstruction = invert_features(model, image, "pooled", steps=150, lr=0.05, tv_weight=0.0, seed=0)
+    reconstruction = invert_features(model, image, layer="pooled", steps=150, lr=0.05, tv_weight=0.0, seed=0).image
     target = get_activations(model, image, ["pooled"])["pooled"]
     achieved = get_activations(model, reconstruction, ["pooled"])["pooled"]
     assert (achieved - target).pow(2).sum() / target.pow(2).sum() < 1e-3  # the features match ...
@@ -58,8 +58,8 @@ def test_pooling_loses_detail_and_the_features_still_match():
 
 def test_total_variation_prior_gives_smoother_reconstructions():
     model, image = two_layer_model(), checkerboard()
-    plain = invert_features(model, image, "pooled", steps=100, tv_weight=0.0, seed=0)
-    smooth = invert_features(model, image, "pooled", steps=100, tv_weight=1.0, seed=0)
+    plain = invert_features(model, image, layer="pooled", steps=100, tv_weight=0.0, seed=0).image
+    smooth = invert_features(model, image, layer="pooled", steps=100, tv_weight=1.0, seed=0).image
     assert TotalVariation(1.0)(smooth) < 0.5 * TotalVariation(1.0)(plain)
 
 
@@ -69,10 +69,10 @@ def test_starts_and_determinism():
     torch.testing.assert_close(mean_start, torch.zeros_like(image))
     assert torch.equal(starting_image(model, image, "random", 3), starting_image(model, image, "random", 3))
     assert not torch.equal(starting_image(model, image, "random", 3), starting_image(model, image, "random", 4))
-    first = invert_features(model, image, "pooled", steps=10, seed=5)
-    assert torch.equal(first, invert_features(model, image, "pooled", steps=10, seed=5))
+    first = invert_features(model, image, layer="pooled", steps=10, seed=5).image
+    assert torch.equal(first, invert_features(model, image, layer="pooled", steps=10, seed=5).image)
     given = torch.full_like(image, 0.3)
-    records = list(invert_features_optimization(model, image, "pooled", steps=2, start=given))
+    records = list(invert_features_optimization(model, image, layer="pooled", steps=2, start=given))
     assert records[0].losses.keys() == {"feature match pooled", "total variation"}
 
 
@@ -81,9 +81,9 @@ def test_no_hooks_and_model_unchanged_after_success_and_error():
     probe = image.clone().requires_grad_(True)
     model(probe)[0, 1].backward()
     reference = probe.grad.clone()
-    invert_features(model, image, "copy", steps=3)
+    invert_features(model, image, layer="copy", steps=3)
     with pytest.raises(ValueError):
-        invert_features(model, image, "copy", steps=3, start=torch.rand(1, 3, 8, 8))
+        invert_features(model, image, layer="copy", steps=3, start=torch.rand(1, 3, 8, 8))
     assert not has_hooks(model.network)
     probe.grad = None
     model(probe)[0, 1].backward()
@@ -93,17 +93,17 @@ def test_no_hooks_and_model_unchanged_after_success_and_error():
 def test_bad_arguments_raise_helpful_errors():
     model, image = two_layer_model(), checkerboard()
     with pytest.raises(ValueError, match=r"Unknown layer 'coppy'.*Did you mean 'copy'"):
-        invert_features(model, image, "coppy")
+        invert_features(model, image, layer="coppy")
     with pytest.raises(ValueError, match="tv_weight must be"):
-        invert_features(model, image, "copy", tv_weight=-1.0)
+        invert_features(model, image, layer="copy", tv_weight=-1.0)
     with pytest.raises(ValueError, match="steps must be"):
-        invert_features(model, image, "copy", steps=-1)
+        invert_features(model, image, layer="copy", steps=-1)
     with pytest.raises(ValueError, match=r"Unknown start 'noise'.*random, mean"):
-        invert_features(model, image, "copy", start="noise")
+        invert_features(model, image, layer="copy", start="noise")
     with pytest.raises(ValueError, match="start must have the image's shape"):
-        invert_features(model, image, "copy", start=torch.rand(1, 3, 8, 8))
+        invert_features(model, image, layer="copy", start=torch.rand(1, 3, 8, 8))
     with pytest.raises(TypeError, match=r"torch\.Tensor"):
-        invert_features(model, image.numpy(), "copy")
+        invert_features(model, image.numpy(), layer="copy")
 
 
 @pytest.mark.slow
@@ -113,10 +113,11 @@ def test_glyphnet_reconstructions_get_worse_with_depth(glyphnet):
     errors = {layer: [] for layer in layers}
     PNG_DIR.mkdir(exist_ok=True)
     for index, image in enumerate(images):
-        reconstructions = {layer: invert_features(glyphnet, image[None], layer, steps=150, seed=0) for layer in layers}
-        for layer, reconstruction in reconstructions.items():
-            errors[layer].append(reconstruction_error(reconstruction, image[None]))
-        plot_inversions(image[None], reconstructions, columns=4).savefig(PNG_DIR / f"glyph_{index}.png", dpi=80)
+        results = [invert_features(glyphnet, image[None], layer=layer, steps=150, seed=0) for layer in layers]
+        for result in results:
+            assert result.error == reconstruction_error(result.image, image[None])
+            errors[result.layer].append(result.error)
+        plot_inversion(results, columns=4).savefig(PNG_DIR / f"glyph_{index}.png", dpi=80)
     mean_error = {layer: sum(values) / len(values) for layer, values in errors.items()}
     assert mean_error["conv1"] < mean_error["conv3"] < mean_error["fc1"], mean_error
     assert not has_hooks(glyphnet.network)

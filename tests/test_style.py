@@ -17,6 +17,7 @@ from viztools.style import (
     style_loss,
     style_transfer,
     style_transfer_objective,
+    style_transfer_optimization,
 )
 
 STYLE_LAYERS = ["conv1", "conv2", "conv3"]
@@ -41,7 +42,7 @@ def smooth_image(seed: int, size: int = 32) -> torch.Tensor:
 
 def run_short(model: viztools.VizModel, **options: object) -> viztools.optimize.OptimizationResult:
     settings = {"content_layer": "conv3", "style_layers": STYLE_LAYERS, "steps": 8, **options}
-    return style_transfer(model, smooth_image(1), smooth_image(2, size=40), **settings).result()
+    return style_transfer(model, smooth_image(1), smooth_image(2, size=40), **settings)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def test_style_terms_vanish_for_the_style_image_and_content_term_for_the_content
 def test_reported_losses_equal_a_naive_full_forward_computation(model) -> None:
     content, style = smooth_image(1, size=64), image(2, size=64)  # the input size: the full forward must work
     weights, content_weight, tv_weight = [3.0, 0.5, 2.0], 4.0, 10.0
-    first = next(iter(style_transfer(
+    first = next(iter(style_transfer_optimization(
         model, content, style, content_layer="conv3", style_layers=STYLE_LAYERS, style_weights=weights,
         content_weight=content_weight, tv_weight=tv_weight, init="random", seed=5,
     )))
@@ -194,7 +195,7 @@ def test_lbfgs_closure_calls_are_counted(model) -> None:
 
 
 def test_every_step_reports_each_loss_term(model) -> None:
-    steps = list(style_transfer(model, smooth_image(1), image(2, size=48), steps=4, optimizer="adam"))
+    steps = list(style_transfer_optimization(model, smooth_image(1), image(2, size=48), steps=4, optimizer="adam"))
     content_layer, style_layers = DEFAULT_LAYERS["glyphnet"]
     names = {f"content:{content_layer}", "total variation", *(f"style:{layer}" for layer in style_layers)}
     assert [p.step for p in steps] == [1, 2, 3, 4]
@@ -283,9 +284,9 @@ def test_bad_images_raise_errors_that_say_what_to_do(model) -> None:
         style_transfer(model, torch.rand(1, 4, 64, 64), image(2))
     with pytest.raises(ValueError, match="style must hold a single image"):
         style_transfer(model, image(1), torch.rand(2, 3, 64, 64))
-    with pytest.raises(ValueError, match=r"style must hold pixels in \[0, 1\]; got values in \[-0\.4.*denormalize"):
+    with pytest.raises(ValueError, match=r"style must hold pixel values in \[0, 1\]; got values from -0\.4.*denormali"):
         style_transfer(model, image(1), image(2) * 1.5 - 0.5)
-    with pytest.raises(TypeError, match=r"content must be a torch\.Tensor"):
+    with pytest.raises(TypeError, match=r"content must be a pixel tensor; got the string 'cat'\. Load an image with"):
         style_transfer(model, "cat", image(2))
     with pytest.raises(ValueError, match=r"style image \(4x4 px\).*larger image"):
         style_transfer(model, image(1), image(2, size=4))
@@ -315,25 +316,23 @@ def test_plot_shows_the_three_images_and_one_curve_per_loss_term(model) -> None:
     import matplotlib.pyplot as plt
 
     content, style = smooth_image(1), smooth_image(2, size=40)
-    result = style_transfer(model, content, style, content_layer="conv3", style_layers=STYLE_LAYERS, steps=3).result()
-    figure = plot_style_transfer(content, style, result)
-    try:
-        image_axes, curves = figure.axes[:3], figure.axes[3]
-        assert [axis.images[0].get_array().shape for axis in image_axes] == [(32, 32, 3), (40, 40, 3), (32, 32, 3)]
-        labels = [line.get_label() for line in curves.lines]
-        assert labels == ["total", "content:conv3", "style:conv1", "style:conv2", "style:conv3", "total variation"]
-        assert list(curves.lines[0].get_ydata()) == pytest.approx([record["total"] for record in result.history])
-    finally:
-        plt.close(figure)
-    with pytest.raises(TypeError, match=r"style_transfer\(\.\.\.\)\.result\(\)"):
-        plot_style_transfer(content, style, result.image)
+    result = style_transfer(model, content, style, content_layer="conv3", style_layers=STYLE_LAYERS, steps=3)
+    figure = plot_style_transfer(result)
+    assert plt.get_fignums() == []  # no pyplot state: the figure is only the returned object
+    image_axes, curves = figure.axes[:3], figure.axes[3]
+    assert [axis.images[0].get_array().shape for axis in image_axes] == [(32, 32, 3), (40, 40, 3), (32, 32, 3)]
+    labels = [line.get_label() for line in curves.lines]
+    assert labels == ["total", "content:conv3", "style:conv1", "style:conv2", "style:conv3", "total variation"]
+    assert list(curves.lines[0].get_ydata()) == pytest.approx([record["total"] for record in result.history])
+    with pytest.raises(TypeError, match=r"takes the result of style_transfer\(\.\.\.\)"):
+        plot_style_transfer(result.image)
 
 
 @pytest.mark.slow
 def test_imagenet_squeezenet_paints_the_cat_in_the_texture(imagenet_squeezenet) -> None:
     content = viztools.load_image("cat", 96)
     style = viztools.load_image("stained_cells", 128)
-    result = style_transfer(imagenet_squeezenet, content, style, steps=15).result()
+    result = style_transfer(imagenet_squeezenet, content, style, steps=15)
     first, best = result.history[0], result.loss
     assert best < 0.5 * first["total"]
     for layer in DEFAULT_LAYERS["squeezenet1_0"][1]:

@@ -64,6 +64,12 @@ def check_image(
     ``pixels=True`` (every technique's entry point) also requires finite values in [0, 1]; ``model`` also checks
     that the model's classifier can run at the image's size (:meth:`VizModel.check_input_size`).
     """
+    if isinstance(image, str):
+        class_hint = f"; if {image!r} is a class, pass it as target={image!r}" if name == "image" else ""
+        raise TypeError(
+            f"{name} must be a pixel tensor; got the string {image!r}. Load an image with viztools.load_image"
+            f"({image!r}) or model.preprocess({image!r}){class_hint}."
+        )
     if not isinstance(image, torch.Tensor):
         raise TypeError(
             f"{name} must be a torch.Tensor of pixels in [0, 1] with shape (1, 3, H, W); got "

@@ -2,7 +2,7 @@
 
 * :func:`fooling_image`: a correctly classified image is nudged by normalized-gradient steps on a target class
   score until the network predicts the target (Szegedy et al. 2014, "Intriguing properties of neural
-  networks"; the CS231n fooling-image exercise). :func:`fooling_run` yields its progress step by step.
+  networks"; the CS231n fooling-image exercise). :func:`fooling_image_optimization` yields its progress live.
 * :func:`unrecognizable_image`: noise pushed until the network is 99% sure it shows a class (Nguyen, Yosinski &
   Clune 2015, "Deep neural networks are easily fooled").
 * :func:`fgsm`: one step of size epsilon along the sign of the loss gradient (Goodfellow, Shlens & Szegedy
@@ -20,16 +20,27 @@ for fooling images, :class:`SignGradientDescent` plus projection for iterative F
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from viztools._validation import check_choice, check_float, check_image, check_int
+from viztools._validation import check_float, check_image, check_int, check_model, make_generator
 from viztools.models import VizModel
-from viztools.optimize import LOGITS, ClassScore, CustomObjective, Objective, Optimization, Progress, optimize, run
+from viztools.optimize import (
+    LOGITS,
+    ClassScore,
+    CustomObjective,
+    Objective,
+    OptimizationResult,
+    Progress,
+    Run,
+    finished,
+    optimize,
+    run,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -66,6 +77,11 @@ class FoolingResult:
     prediction: int
     probability: float
     categories: tuple[str, ...]
+
+    @property
+    def image(self) -> torch.Tensor:
+        """The adversarial image (the picture a technique's result shows)."""
+        return self.adversarial
 
     @property
     def perturbation(self) -> torch.Tensor:
@@ -128,8 +144,8 @@ def magnified_difference(original: torch.Tensor, adversarial: torch.Tensor, *, s
 
     A perturbation of a few grey levels is invisible at scale 1; scale 10 shows its pattern.
     """
-    original = _check_pixels(original, "original")
-    adversarial = _check_pixels(adversarial, "adversarial")
+    original = check_image(original, "original", pixels=True)
+    adversarial = check_image(adversarial, "adversarial", pixels=True)
     if original.shape != adversarial.shape:
         raise ValueError(
             f"original and adversarial must have the same shape; got {tuple(original.shape)} and "
@@ -147,21 +163,21 @@ def magnified_difference(original: torch.Tensor, adversarial: torch.Tensor, *, s
 def fgsm(
     model: VizModel,
     image: torch.Tensor,
-    label: int | str | None = None,
+    target: int | str | None = None,
     *,
     epsilon: float,
     targeted: bool = False,
 ) -> FoolingResult:
     """Fast gradient sign method (Goodfellow, Shlens & Szegedy 2015): one step of size ``epsilon`` per pixel.
 
-    Untargeted: ``x + epsilon * sign(grad_x CE(model(x), label))``, moving away from ``label`` (default: the
-    model's own prediction, which avoids "label leaking", Kurakin et al. 2017). Targeted: ``x - epsilon *
-    sign(grad_x CE(model(x), label))``, moving towards ``label``. ``epsilon`` is in pixel units (``2/255`` is
-    two grey levels); the result is clipped to [0, 1], so it stays in the epsilon ball.
+    Untargeted: ``x + epsilon * sign(grad_x CE(model(x), target))``, moving away from the class ``target``
+    (default: the model's own prediction, which avoids "label leaking", Kurakin et al. 2017). Targeted: ``x -
+    epsilon * sign(grad_x CE(model(x), target))``, moving towards ``target``. ``epsilon`` is in pixel units
+    (``2/255`` is two grey levels); the result is clipped to [0, 1], so it stays in the epsilon ball.
     """
-    image = _check_pixels(image, "image")
+    model, image = _check_inputs(model, image)
     epsilon = check_float(epsilon, "epsilon", low=0.0, high=1.0)
-    attacked = _resolve_label(model, image, label, targeted)
+    attacked = _resolve_target(model, image, target, targeted)
     pixels = image.clone().requires_grad_(True)
     (gradient,) = torch.autograd.grad(F.cross_entropy(model(pixels), torch.tensor([attacked])), pixels)
     direction = -1.0 if targeted else 1.0
@@ -191,14 +207,14 @@ class SignGradientDescent(torch.optim.Optimizer):
 def iterative_fgsm(
     model: VizModel,
     image: torch.Tensor,
-    label: int | str | None = None,
+    target: int | str | None = None,
     *,
     epsilon: float,
     step_size: float | None = None,
     steps: int | None = None,
     targeted: bool = False,
     random_start: bool = False,
-    seed: int | None = None,
+    seed: int | None = 0,
 ) -> FoolingResult:
     """Basic iterative method (Kurakin, Goodfellow & Bengio 2017), a.k.a. iterative FGSM or PGD (L-inf).
 
@@ -208,7 +224,7 @@ def iterative_fgsm(
     rounded. With ``random_start`` the search starts from a uniform random point of the ball (Madry et al.
     2018's PGD), drawn with ``seed``. Runs in the shared loop :func:`viztools.optimize.optimize`.
     """
-    image = _check_pixels(image, "image")
+    model, image = _check_inputs(model, image)
     epsilon = check_float(epsilon, "epsilon", low=0.0, high=1.0, low_inclusive=False)
     if step_size is None:
         step_size = min(1 / LEVELS, epsilon)
@@ -216,13 +232,13 @@ def iterative_fgsm(
     if steps is None:
         steps = max(1, round(min(LEVELS * epsilon + 4, 1.25 * LEVELS * epsilon)))
     steps = check_int(steps, "steps", low=1)
-    attacked = _resolve_label(model, image, label, targeted)
+    attacked = _resolve_target(model, image, target, targeted)
     lower, upper = (image - epsilon).clamp(min=0.0), (image + epsilon).clamp(max=1.0)
 
     start = image
     if random_start:
-        generator = torch.Generator().manual_seed(0 if seed is None else check_int(seed, "seed", low=0))
-        start = (image + epsilon * (2 * torch.rand(image.shape, generator=generator) - 1)).clamp(lower, upper)
+        noise = torch.rand(image.shape, generator=make_generator(seed))
+        start = (image + epsilon * (2 * noise - 1)).clamp(lower, upper)
     labels = torch.tensor([attacked])
     sign = -1.0 if targeted else 1.0  # untargeted: raise the loss of the label; targeted: lower the target's
     objective = CustomObjective(
@@ -254,113 +270,109 @@ def classic_fooling_lr(model: VizModel) -> float:
     return sum(model.std) / len(model.std)
 
 
-class FoolingRun(Iterator[Progress]):
-    """A fooling image being made: iterate it for :class:`viztools.optimize.Progress` (one per step, so a widget
-    can show the image live), call :meth:`stop` to end it early, or :meth:`result` for the :class:`FoolingResult`.
+def _fooling_run(
+    model: VizModel,
+    start: torch.Tensor,
+    target: int,
+    objective: Objective,
+    *,
+    lr: float,
+    max_steps: int,
+    confidence: float | None,
+    should_stop: Callable[[Progress], bool | None] | None,
+) -> Run[FoolingResult]:
+    """Normalized-gradient ascent ``x <- clip(x + lr * g / ||g||_2, 0, 1)`` on ``objective`` in the shared loop,
+    until the model predicts ``target`` (with at least ``confidence``, when set) or ``should_stop`` says so."""
 
-    Each step is ``x <- clip(x + lr * g / ||g||_2, 0, 1)`` with ``g`` the gradient of the objective, run by the
-    shared loop (SGD on the L2-normalized gradient); it stops once the model's prediction reaches the goal.
-    """
+    def reached(pixels: torch.Tensor) -> bool:
+        probabilities = model.predict(pixels)[0]
+        if confidence is None:
+            return int(probabilities.argmax()) == target
+        return float(probabilities[target]) >= confidence
 
-    def __init__(
-        self,
-        model: VizModel,
-        start: torch.Tensor,
-        target: int,
-        objective: Objective,
-        *,
-        lr: float,
-        max_steps: int,
-        confidence: float | None = None,
-    ) -> None:
-        self.model, self.original, self.target, self.confidence = model, start, target, confidence
-        self.optimization: Optimization = optimize(
-            model, start, objective, steps=0 if self.reached(start) else max_steps, optimizer="sgd", lr=lr,
-            normalize_gradient="l2", clamp=True, should_stop=lambda progress: self.reached(progress.image), seed=0,
-        )
+    def stop(progress: Progress) -> bool:
+        return reached(progress.image) or (should_stop is not None and bool(should_stop(progress)))
 
-    def reached(self, pixels: torch.Tensor) -> bool:
-        """Whether ``pixels`` is predicted as the target (with at least ``confidence``, when set)."""
-        probabilities = self.model.predict(pixels)[0]
-        if self.confidence is None:
-            return int(probabilities.argmax()) == self.target
-        return float(probabilities[self.target]) >= self.confidence
+    optimization = optimize(
+        model, start, objective, steps=0 if reached(start) else max_steps, optimizer="sgd", lr=lr,
+        normalize_gradient="l2", clamp=True, should_stop=stop, seed=0,
+    )
 
-    def __next__(self) -> Progress:
-        return next(self.optimization)
+    def finish(outcomes: list[OptimizationResult]) -> FoolingResult:
+        last = outcomes[-1].last_image
+        return _result(model, start, last, target, targeted=True, steps=outcomes[-1].steps, success=reached(last))
 
-    def stop(self) -> None:
-        """Finish after the current step."""
-        self.optimization.stop()
-
-    def result(self) -> FoolingResult:
-        """Run the remaining steps (Ctrl-C stops early) and compare the last image with the original."""
-        outcome = self.optimization.result()
-        return _result(
-            self.model, self.original, outcome.last_image, self.target, targeted=True, steps=outcome.steps,
-            success=self.reached(outcome.last_image),
-        )
+    return Run(optimization, finish)
 
 
-def fooling_run(
-    model: VizModel, image: torch.Tensor, target: int | str, *, lr: float | None = None, max_steps: int = 100
-) -> FoolingRun:
-    """:func:`fooling_image` as a :class:`FoolingRun` that yields progress step by step (for widgets)."""
-    image = _check_pixels(image, "image")
-    target = model.class_index(target)
-    lr = classic_fooling_lr(model) if lr is None else check_float(lr, "lr", low=0.0, low_inclusive=False)
-    max_steps = check_int(max_steps, "max_steps", low=0)
-    return FoolingRun(model, image, target, ClassScore(target), lr=lr, max_steps=max_steps)
-
-
-def fooling_image(
-    model: VizModel, image: torch.Tensor, target: int | str, *, lr: float | None = None, max_steps: int = 100
-) -> FoolingResult:
-    """Make ``image`` be classified as ``target`` by a small change (Szegedy et al. 2014; CS231n's exercise).
+def fooling_image_optimization(
+    model: VizModel,
+    image: torch.Tensor,
+    target: int | str | None = None,
+    *,
+    lr: float | None = None,
+    max_steps: int = 100,
+    should_stop: Callable[[Progress], bool | None] | None = None,
+) -> Run[FoolingResult]:
+    """Make ``image`` be classified as ``target`` by a small change (Szegedy et al. 2014; CS231n's exercise), live.
 
     Gradient ascent on the target's class score (logit) with steps of fixed L2 length ``lr`` in pixel units
     (``x <- clip(x + lr * g / ||g||_2, 0, 1)``) until the model predicts ``target``, at most ``max_steps``
-    steps. The default ``lr`` is the classic setting, 1 in normalized input units (:func:`classic_fooling_lr`).
-    The result reports the steps taken, success, and the perturbation's L2 / L-inf size; see lecture
-    ``09_adversarial`` and :func:`plot_fooling`.
+    steps (or until ``should_stop(progress)`` returns True). The default ``lr`` is the classic setting, 1 in
+    normalized input units (:func:`classic_fooling_lr`). The :class:`FoolingResult` reports the steps taken,
+    success, and the perturbation's L2 / L-inf size; see lecture ``09_adversarial`` and :func:`plot_fooling`.
     """
-    return fooling_run(model, image, target, lr=lr, max_steps=max_steps).result()
+    model, image = _check_inputs(model, image)
+    if target is None:
+        raise ValueError("A fooling image needs a target class: pass target=<class index or name>.")
+    target = model.class_index(target)
+    lr = classic_fooling_lr(model) if lr is None else check_float(lr, "lr", low=0.0, low_inclusive=False)
+    max_steps = check_int(max_steps, "max_steps", low=0)
+    return _fooling_run(model, image, target, ClassScore(target), lr=lr, max_steps=max_steps, confidence=None,
+                        should_stop=should_stop)
 
 
-def unrecognizable_image(
+fooling_image = finished(fooling_image_optimization, "fooling_image")
+
+
+def unrecognizable_image_optimization(
     model: VizModel,
-    target: int | str,
+    image: torch.Tensor | None = None,
+    target: int | str | None = None,
     *,
-    start: str = "noise",
     confidence: float = 0.99,
     lr: float | None = None,
     max_steps: int = 200,
-    seed: int | None = None,
-) -> FoolingResult:
-    """An image unrecognizable to people that the model calls ``target`` with >= ``confidence`` probability.
+    should_stop: Callable[[Progress], bool | None] | None = None,
+    seed: int | None = 0,
+) -> Run[FoolingResult]:
+    """An image unrecognizable to people that the model calls ``target`` with >= ``confidence`` probability, live.
 
     Nguyen, Yosinski & Clune 2015 ("Deep neural networks are easily fooled") found such images off the data
     manifold; here by normalized-gradient ascent on the target's log-probability (their gradient-ascent
-    variant), from uniform noise (``start="noise"``, drawn with ``seed``) or mid-grey (``start="grey"``). The
-    default ``lr`` is 10x :func:`classic_fooling_lr`. ``result.original`` is the starting image.
+    variant), from ``image`` (``None``: uniform noise at the model's input size, drawn with ``seed``; pass
+    ``torch.full((1, 3, S, S), 0.5)`` to start from grey). The default ``lr`` is 10x :func:`classic_fooling_lr`.
+    ``result.original`` is the starting image.
     """
+    if image is None:
+        model = check_model(model)
+        image = torch.rand((1, 3, model.input_size, model.input_size), generator=make_generator(seed))
+    model, image = _check_inputs(model, image)
+    if target is None:
+        raise ValueError("An unrecognizable image needs a target class: pass target=<class index or name>.")
     target = model.class_index(target)
-    check_choice(start, "start", ("noise", "grey"))
     confidence = check_float(confidence, "confidence", low=0.0, high=1.0, low_inclusive=False)
     lr = 10 * classic_fooling_lr(model) if lr is None else check_float(lr, "lr", low=0.0, low_inclusive=False)
     max_steps = check_int(max_steps, "max_steps", low=0)
-    shape = (1, 3, model.input_size, model.input_size)
-    if start == "grey":
-        pixels = torch.full(shape, 0.5)
-    else:
-        generator = torch.Generator().manual_seed(0 if seed is None else check_int(seed, "seed", low=0))
-        pixels = torch.rand(shape, generator=generator)
     objective = CustomObjective(
         f"log p({model.categories[target]})", [LOGITS],
         lambda activations: F.log_softmax(activations[LOGITS], dim=1)[:, target].sum(),
     )
-    run_ = FoolingRun(model, pixels, target, objective, lr=lr, max_steps=max_steps, confidence=confidence)
-    return run_.result()
+    return _fooling_run(model, image, target, objective, lr=lr, max_steps=max_steps, confidence=confidence,
+                        should_stop=should_stop)
+
+
+unrecognizable_image = finished(unrecognizable_image_optimization, "unrecognizable_image")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -368,24 +380,32 @@ def unrecognizable_image(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def plot_fooling(result: FoolingResult, *, scale: float = 10.0, axes: Sequence[Axes] | None = None) -> Figure:
+def plot_fooling(
+    result: FoolingResult,
+    image: None = None,
+    *,
+    ax: Sequence[Axes] | None = None,
+    scale: float = 10.0,
+) -> Figure:
     """Original | adversarial | magnified difference, titled with predicted classes and probabilities.
 
-    The difference panel is :func:`magnified_difference` (grey = unchanged). Pass three ``axes`` to draw into
-    an existing figure.
+    The difference panel is :func:`magnified_difference` (grey = unchanged). ``ax``: three axes to draw the
+    panels into (the figure's title is then left to the caller); None makes a new figure.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from viztools.data import to_numpy_image
 
     if not isinstance(result, FoolingResult):
         raise TypeError(f"plot_fooling takes a FoolingResult (from fooling_image, fgsm, ...); got {type(result)}.")
-    if axes is None:
-        figure, axes = plt.subplots(1, 3, figsize=(10, 3.8))
-    elif len(axes) != 3:
-        raise ValueError(f"plot_fooling draws three panels; pass three axes, got {len(axes)}.")
+    own_figure = ax is None
+    if own_figure:
+        figure = Figure(figsize=(10, 3.8), layout="constrained")
+        axes = figure.subplots(1, 3)
+    elif len(ax) != 3:
+        raise ValueError(f"plot_fooling draws three panels; pass three axes, got {len(ax)}.")
     else:
-        figure = axes[0].figure
+        axes, figure = ax, ax[0].figure
     panels = [
         (result.original, f"original: {result.original_name}\n({result.original_probability:.1%})"),
         (result.adversarial, f"{'fooled' if result.success else 'attacked'}: {result.prediction_name}\n"
@@ -397,8 +417,9 @@ def plot_fooling(result: FoolingResult, *, scale: float = 10.0, axes: Sequence[A
         axis.imshow(to_numpy_image(pixels), interpolation="nearest")
         axis.set_title(title, fontsize=10)
         axis.set_axis_off()
-    goal = f"target: {result.attacked_name}" if result.targeted else f"away from: {result.attacked_name}"
-    figure.suptitle(f"{goal}, {result.steps} step(s), {'success' if result.success else 'failed'}", fontsize=11)
+    if own_figure:
+        goal = f"target: {result.attacked_name}" if result.targeted else f"away from: {result.attacked_name}"
+        figure.suptitle(f"{goal}, {result.steps} step(s), {'success' if result.success else 'failed'}", fontsize=11)
     return figure
 
 
@@ -407,23 +428,17 @@ def plot_fooling(result: FoolingResult, *, scale: float = 10.0, axes: Sequence[A
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_pixels(image: object, name: str) -> torch.Tensor:
-    image = check_image(image, name).detach().float()
-    low, high = float(image.min()), float(image.max())
-    if low < 0.0 or high > 1.0:
-        raise ValueError(
-            f"{name} must hold pixels in [0, 1]; got values in [{low:.3g}, {high:.3g}]. Use viztools.load_image(...) "
-            "or model.preprocess(...), or .clamp(0, 1) the tensor."
-        )
-    return image
+def _check_inputs(model: object, image: object) -> tuple[VizModel, torch.Tensor]:
+    model = check_model(model)
+    return model, check_image(image, "image", pixels=True, model=model).detach().float()
 
 
-def _resolve_label(model: VizModel, image: torch.Tensor, label: int | str | None, targeted: bool) -> int:
+def _resolve_target(model: VizModel, image: torch.Tensor, target: int | str | None, targeted: bool) -> int:
     if not isinstance(targeted, bool):
         raise TypeError(f"targeted must be True or False; got {targeted!r}.")
-    if label is None and targeted:
-        raise ValueError("A targeted attack needs a target class: pass label=<class index or name>.")
-    return model.resolve_target(label, image)
+    if target is None and targeted:
+        raise ValueError("A targeted attack needs a target class: pass target=<class index or name>.")
+    return model.resolve_target(target, image)
 
 
 @torch.no_grad()

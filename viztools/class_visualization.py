@@ -9,22 +9,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from viztools._validation import check_float, check_image, check_int
+from viztools._validation import check_float, check_image, check_int, check_model
 from viztools.models import VizModel
 from viztools.optimize import (
     ClassScore,
     Jitter,
     L2Penalty,
-    Optimization,
+    OptimizationResult,
     Progress,
+    Run,
+    finished,
     optimize,
 )
 from viztools.optimize import (
     blur_every as periodic_blur,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 #: CS231n takes its steps at 224 x 224 with the gradient scaled to unit L2 norm over all 3 * 224 * 224 values.
 REFERENCE_SIZE = 224
@@ -48,11 +56,25 @@ def pixel_step_size(model: VizModel, lr: float) -> float:
     return lr * mean_std / math.sqrt(3 * REFERENCE_SIZE * REFERENCE_SIZE)
 
 
+@dataclass
+class ClassVisualizationResult(OptimizationResult):
+    """What :func:`class_visualization` returns: the optimization's result plus the class it visualizes.
+
+    Attributes:
+        target: the class index; ``class_name`` its name; ``probability`` the model's probability for it on
+            ``image`` (the best image).
+    """
+
+    target: int = 0
+    class_name: str = ""
+    probability: float = 0.0
+
+
 def class_visualization_optimization(
     model: VizModel,
-    target: int | str,
-    *,
     image: torch.Tensor | None = None,
+    target: int | str | None = None,
+    *,
     steps: int = 100,
     lr: float = 25.0,
     l2: float = 1e-3,
@@ -60,21 +82,38 @@ def class_visualization_optimization(
     blur_sigma: float = 0.5,
     jitter: int | None = None,
     every: int = 1,
-    callback: Callable[[Progress], bool | None] | None = None,
+    should_stop: Callable[[Progress], bool | None] | None = None,
     time_budget: float | None = None,
     seed: int | None = 0,
-) -> Optimization:
-    """The running optimization behind :func:`class_visualization` (iterate it for live progress)."""
+) -> Run[ClassVisualizationResult]:
+    """An image that maximizes the score of class ``target`` (Simonyan et al. 2014; Yosinski et al. 2015), live.
+
+    Gradient ascent on ``score - l2 * ||I||^2`` from ``image`` (``None``: the mean-colour image, zero in
+    normalized units), with the CS231n recipe: each step rolls the image by a random offset of up to ``jitter``
+    pixels (default 16 px at 224 px, scaled to the image size), steps by ``lr`` along the gradient scaled to unit
+    norm, clamps to [0, 1] and, every ``blur_every`` steps (0: never), blurs with a Gaussian of ``blur_sigma``
+    pixels.
+
+    ``lr`` and ``l2`` are in CS231n's units (normalized image, unit-L2 gradient at 224 px; ``||I||`` of the
+    normalized image); :func:`pixel_step_size` converts ``lr`` to a per-pixel step, so the defaults work at any
+    image size (on GlyphNet's 64 px icons ``lr=10`` gives smoother, more glyph-like images; both reach p > 0.99).
+    ``should_stop(progress)`` sees every step and may return True to stop. The result's ``image`` is the best
+    image (highest regularized score), ``(1, 3, H, W)`` pixels.
+    """
+    model = check_model(model)
     if target is None:
-        raise ValueError("class_visualization needs a target class: an index or a name from model.categories.")
+        raise ValueError(
+            "class_visualization needs a target class: an index or a name from model.categories, e.g. "
+            "class_visualization(model, target='flamingo') (image=None starts from the mean colour)."
+        )
     target_index = model.class_index(target)
-    start = mean_image(model) if image is None else check_image(image, "image")
+    start = mean_image(model) if image is None else check_image(image, "image", pixels=True, model=model)
     check_float(l2, "l2", low=0.0)
     blur_every = check_int(blur_every, "blur_every", low=0)
     size = max(start.shape[-2:])
     jitter = round(16 * size / REFERENCE_SIZE) if jitter is None else check_int(jitter, "jitter", low=0)
     after_step = [periodic_blur(blur_every, blur_sigma)] if blur_every > 0 else []
-    return optimize(
+    optimization = optimize(
         model,
         start,
         ClassScore(target_index),
@@ -86,67 +125,38 @@ def class_visualization_optimization(
         regularizers=[L2Penalty(l2, center=model.mean, scale=model.std)],
         after_step=after_step,
         every=every,
-        should_stop=None if callback is None else lambda progress: bool(callback(progress)),
+        should_stop=should_stop,
         time_budget=time_budget,
         seed=seed,
     )
 
+    def finish(outcomes: list[OptimizationResult]) -> ClassVisualizationResult:
+        outcome = outcomes[-1]
+        probability = float(model.predict(outcome.image)[0, target_index])
+        return ClassVisualizationResult.extending(
+            outcome, target=target_index, class_name=model.categories[target_index], probability=probability
+        )
 
-def class_visualization(
-    model: VizModel,
-    target: int | str,
+    return Run(optimization, finish)
+
+
+class_visualization = finished(class_visualization_optimization, "class_visualization")
+
+
+def plot_class_visualization(
+    result: ClassVisualizationResult | Sequence[ClassVisualizationResult],
+    image: None = None,
     *,
-    image: torch.Tensor | None = None,
-    steps: int = 100,
-    lr: float = 25.0,
-    l2: float = 1e-3,
-    blur_every: int = 10,
-    blur_sigma: float = 0.5,
-    jitter: int | None = None,
-    callback: Callable[[Progress], bool | None] | None = None,
-    time_budget: float | None = None,
-    seed: int | None = 0,
-) -> torch.Tensor:
-    """An image that maximizes the score of class ``target`` (Simonyan et al. 2014; Yosinski et al. 2015).
-
-    Gradient ascent on ``score - l2 * ||I||^2`` from ``image`` (default: the mean-colour image, zero in normalized
-    units), with the CS231n recipe: each step rolls the image by a random offset of up to ``jitter`` pixels
-    (default 16 px at 224 px, scaled to the image size), steps by ``lr`` along the gradient scaled to unit norm,
-    clamps to [0, 1] and, every ``blur_every`` steps (0: never), blurs with a Gaussian of ``blur_sigma`` pixels.
-
-    ``lr`` and ``l2`` are in CS231n's units (normalized image, unit-L2 gradient at 224 px; ``||I||`` of the
-    normalized image); :func:`pixel_step_size` converts ``lr`` to a per-pixel step, so the defaults work at any
-    image size (on GlyphNet's 64 px icons ``lr=10`` gives smoother, more glyph-like images; both reach p > 0.99).
-    ``callback(progress)`` sees every step and may return True to stop. Returns the best image
-    (highest regularized score) as ``(1, 3, H, W)`` pixels.
-    """
-    return class_visualization_optimization(
-        model, target, image=image, steps=steps, lr=lr, l2=l2, blur_every=blur_every,
-        blur_sigma=blur_sigma, jitter=jitter, callback=callback, time_budget=time_budget, seed=seed,
-    ).result().image
-
-
-def plot_class_visualizations(
-    model: VizModel,
-    images: Sequence[torch.Tensor],
-    targets: Sequence[int | str],
-    *,
+    ax: Axes | None = None,
     columns: int = 5,
-):
-    """A grid of class visualizations titled with the class and the model's probability for it."""
-    import matplotlib.pyplot as plt
+) -> Figure:
+    """Class visualizations titled with the class and the model's probability for it (one, or a grid)."""
+    from viztools.plotting import show_images
 
-    if len(images) != len(targets):
-        raise ValueError(f"Give one target per image; got {len(images)} images and {len(targets)} targets.")
-    columns = check_int(columns, "columns", low=1)
-    rows = max(1, math.ceil(len(images) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, image, target in zip(axes.flat, images, targets, strict=False):
-        index = model.class_index(target)
-        probability = float(model.predict(image)[0, index])
-        axis.imshow(model.deprocess(image))
-        axis.set_title(f"{model.categories[index]}\np = {probability:.2f}", fontsize=9)
-    figure.tight_layout()
-    return figure
+    results = [result] if isinstance(result, ClassVisualizationResult) else list(result)
+    return show_images(
+        [r.image for r in results],
+        [f"{r.class_name}\np = {r.probability:.2f}" for r in results],
+        columns=check_int(columns, "columns", low=1),
+        ax=ax,
+    )

@@ -10,14 +10,29 @@ classifier that needs a fixed size (GlyphNet's ``fc1``) is never run. Built on :
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from viztools._validation import check_float, check_image, check_int
+from viztools._validation import check_float, check_image, check_int, check_model
 from viztools.hooks import forward_activations
 from viztools.models import VizModel
-from viztools.optimize import Jitter, LayerDream, Progress, optimize
+from viztools.optimize import (
+    Jitter,
+    LayerDream,
+    Optimization,
+    OptimizationResult,
+    Progress,
+    Run,
+    finished,
+    optimize,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def octave_sizes(height: int, width: int, octaves: int, scale: float) -> list[tuple[int, int]]:
@@ -48,29 +63,43 @@ def _check_layer_runs(model: VizModel, layer: str, size: tuple[int, int]) -> Non
         ) from error
 
 
-def deepdream(
+@dataclass
+class DeepDreamResult(OptimizationResult):
+    """What :func:`deepdream` returns. ``image`` (and ``last_image``) is the dream at the input's size, after the
+    last octave; ``history`` holds every step of every octave; ``octave_sizes`` the ``(height, width)`` of each
+    octave run; ``original`` the input image; ``layer`` the dreamed layer."""
+
+    layer: str = ""
+    original: torch.Tensor | None = None
+    octave_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+
+def deepdream_optimization(
     model: VizModel,
     image: torch.Tensor,
-    layer: str,
     *,
+    layer: str,
     steps: int = 10,
     lr: float = 0.01,
     octaves: int = 3,
     octave_scale: float = 1.4,
     jitter: int | None = None,
-    callback: Callable[[Progress], bool | None] | None = None,
+    every: int = 1,
+    should_stop: Callable[[Progress], bool | None] | None = None,
     seed: int | None = 0,
-) -> torch.Tensor:
-    """Dream ``image`` at ``layer`` (Mordvintsev et al. 2015); returns pixels of the input's size.
+) -> Run[DeepDreamResult]:
+    """Dream ``image`` at ``layer`` (Mordvintsev et al. 2015), live; the result is the size of the input.
 
     Each of ``octaves`` scales (each ``octave_scale`` times larger, the last the original size) runs ``steps``
     gradient-ascent steps on ``0.5 * sum(activations^2)``: the image is rolled by up to ``jitter`` pixels
     (default: 32 px at 224 px, scaled to the model's input size), the step is ``lr * g / mean|g|`` in pixel units
     (``lr=0.01`` is 2.5 / 255), then pixels are clamped to [0, 1]. The detail dreamed at one octave is upscaled
-    and added to the next octave's image. ``callback(progress)`` sees every step (``progress.step`` counts within
-    the octave) and may return True to stop; a KeyboardInterrupt also returns the image dreamed so far.
+    and added to the next octave's image. Progress records carry the octave in ``progress.stage`` and count steps
+    within it; ``should_stop(progress)`` sees every step and may return True to stop (the dream so far is the
+    result, as on Ctrl-C). ``seed`` seeds the jitter (octave ``i`` uses ``seed + i``).
     """
-    image = check_image(image, "image")
+    model = check_model(model)
+    image = check_image(image, "image", pixels=True)
     model.layer_path(layer)
     check_int(steps, "steps", low=0)
     check_float(lr, "lr", low=0.0, low_inclusive=False)
@@ -83,41 +112,47 @@ def deepdream(
         check_int(seed, "seed", low=0)
 
     original = image.detach()
-    sizes = octave_sizes(*original.shape[-2:], octaves, octave_scale)
+    full_size = tuple(original.shape[-2:])
+    sizes = octave_sizes(*full_size, octaves, octave_scale)
     _check_layer_runs(model, layer, sizes[0])
-    detail = torch.zeros(1, 3, *sizes[0], dtype=original.dtype, device=original.device)
-    for index, size in enumerate(sizes):
-        base = _resize(original, size)
-        start = (base + _resize(detail, size)).clamp(0.0, 1.0)
-        result = optimize(
-            model,
-            start,
-            LayerDream(layer),
-            steps=steps,
-            optimizer="sgd",
-            lr=lr,
-            normalize_gradient="mean_abs",
-            transforms=[Jitter(min(jitter, min(size) - 1))],
-            should_stop=None if callback is None else lambda progress: bool(callback(progress)),
+
+    def octave(index: int, detail: torch.Tensor) -> Optimization:
+        size = sizes[index]
+        start = (_resize(original, size) + _resize(detail, size)).clamp(0.0, 1.0)
+        return optimize(
+            model, start, LayerDream(layer), steps=steps, optimizer="sgd", lr=lr, normalize_gradient="mean_abs",
+            transforms=[Jitter(min(jitter, min(size) - 1))], every=every, should_stop=should_stop,
             seed=None if seed is None else seed + index,
-        ).result()
-        detail = result.last_image - base
-        if result.stop_reason != "steps":
-            break
-    return (original + _resize(detail, tuple(original.shape[-2:]))).clamp(0.0, 1.0)
+        )
+
+    def detail_of(outcome: OptimizationResult) -> torch.Tensor:
+        """What the octave added to its (resized) original."""
+        return outcome.last_image - _resize(original, tuple(outcome.last_image.shape[-2:]))
+
+    def next_octave(outcome: OptimizationResult) -> Optimization | None:
+        index = sizes.index(tuple(outcome.last_image.shape[-2:])) + 1
+        return octave(index, detail_of(outcome)) if index < len(sizes) else None
+
+    def finish(outcomes: list[OptimizationResult]) -> DeepDreamResult:
+        dream = (original + _resize(detail_of(outcomes[-1]), full_size)).clamp(0.0, 1.0)
+        return DeepDreamResult(
+            image=dream, loss=outcomes[-1].loss, best_step=sum(o.steps for o in outcomes), last_image=dream,
+            steps=sum(o.steps for o in outcomes), closure_calls=sum(o.closure_calls for o in outcomes),
+            stop_reason=outcomes[-1].stop_reason, history=[row for o in outcomes for row in o.history],
+            elapsed=sum(o.elapsed for o in outcomes), layer=layer, original=original,
+            octave_sizes=[tuple(o.last_image.shape[-2:]) for o in outcomes],
+        )
+
+    return Run(octave(0, torch.zeros(1, 3, *sizes[0], dtype=original.dtype, device=original.device)), finish,
+               next_stage=next_octave)
 
 
-def plot_deepdream(image: torch.Tensor, dreamed: torch.Tensor, *, layer: str = ""):
+deepdream = finished(deepdream_optimization, "deepdream")
+
+
+def plot_deepdream(result: DeepDreamResult, image: torch.Tensor | None = None, *, ax: Axes | None = None) -> Figure:
     """The original image beside its dream."""
-    import matplotlib.pyplot as plt
+    from viztools.plotting import show_images
 
-    from viztools.data import to_numpy_image
-
-    figure, axes = plt.subplots(1, 2, figsize=(8, 4))
-    for axis, pixels, title in zip(axes, (image, dreamed), ("original", f"dreamed at {layer}" if layer else "dreamed"),
-                                   strict=True):
-        axis.imshow(to_numpy_image(pixels))
-        axis.set_title(title)
-        axis.axis("off")
-    figure.tight_layout()
-    return figure
+    original = result.original if image is None else check_image(image, "image")
+    return show_images([original, result.image], ["original", f"dreamed at {result.layer}"], columns=2, ax=ax)

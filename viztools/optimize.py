@@ -22,20 +22,32 @@ inside :func:`run` returns the best image so far, as Lucid's ``render_vis`` does
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Generic, ParamSpec, TypeVar
 
 import torch
-import torch.nn.functional as F
 
-from viztools._validation import check_choice, check_float, check_image, check_int
+from viztools._validation import (
+    check_choice,
+    check_float,
+    check_image,
+    check_int,
+    check_model,
+    check_stop_callback,
+    make_generator,
+)
 from viztools.data import gaussian_blur
 from viztools.hooks import LOGITS, forward_activations
 from viztools.models import VizModel
 
 Activations = Mapping[str, torch.Tensor]
+P = ParamSpec("P")
+ResultT = TypeVar("ResultT")
 
 # --------------------------------------------------------------------------------------------------------------
 # Objectives (maximized)
@@ -322,7 +334,7 @@ class RandomTransform:
     """
 
     def __init__(self, seed: int | None = None) -> None:
-        self._own_generator = _make_generator(seed)
+        self._own_generator = make_generator(seed)
 
     def __call__(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(pixels, generator or self._own_generator)
@@ -388,15 +400,6 @@ def blur_every(every: int, sigma: float = 0.5) -> AfterStep:
     return blur
 
 
-def _make_generator(seed: int | None) -> torch.Generator:
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(check_int(seed, "seed", low=0))
-    return generator
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Progress records and results
 # --------------------------------------------------------------------------------------------------------------
@@ -414,6 +417,7 @@ class Progress:
         image: the pixels after this step (a detached clone, safe to keep).
         closure_calls: forward+backward evaluations so far (L-BFGS makes several per step).
         elapsed: seconds since the loop started.
+        stage: which stage of a multi-stage run this step belongs to (DeepDream's octave; 0 otherwise).
     """
 
     step: int
@@ -422,6 +426,7 @@ class Progress:
     image: torch.Tensor
     closure_calls: int
     elapsed: float
+    stage: int = 0
 
 
 @dataclass
@@ -449,10 +454,52 @@ class OptimizationResult:
     history: list[dict[str, float]] = field(default_factory=list)
     elapsed: float = 0.0
 
+    @classmethod
+    def extending(cls: type[ResultT], outcome: OptimizationResult, **extra: object) -> ResultT:
+        """A technique's result (a subclass) holding ``outcome``'s fields plus the technique's ``extra`` ones."""
+        return cls(**{name: getattr(outcome, name) for name in OptimizationResult.__dataclass_fields__}, **extra)
+
 
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 GRADIENT_NORMALIZATIONS = ("l2", "rms", "mean_abs")
 OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The options of :func:`optimize`, with their defaults (the one place they are stated).
+
+    Attributes:
+        steps: optimizer steps at most.
+        optimizer: ``"adam"``, ``"sgd"``, ``"lbfgs"``, or a factory ``params -> torch.optim.Optimizer``;
+            ``optimizer_options`` go to its constructor (L-BFGS defaults to ``max_iter=1``: one step, one
+            iteration).
+        lr: the learning rate, in pixel units.
+        transforms: applied to the pixels before the network sees them at each step (e.g. :class:`Jitter`).
+        regularizers: penalties on the pixels (:class:`L2Penalty`, :class:`TotalVariation`).
+        after_step: operations ``(pixels, step) -> pixels`` between steps (e.g. :func:`blur_every`).
+        clamp: project the pixels into [0, 1] after every step.
+        normalize_gradient: ``"l2"``, ``"rms"`` or ``"mean_abs"`` rescales the gradient before each step
+            (CS231n / DeepDream style steps with SGD); None keeps it.
+        every: yield a :class:`Progress` every ``every`` steps (and after the last).
+        time_budget: stop after this many seconds (wall time since the first step).
+        should_stop: called as ``should_stop(progress)`` after every step; True stops the loop.
+        seed: seeds the random transforms (None: fresh randomness); equal seeds give identical images.
+    """
+
+    steps: int = 100
+    optimizer: str | OptimizerFactory = "adam"
+    lr: float = 0.05
+    transforms: Sequence[Transform] = ()
+    regularizers: Sequence[Regularizer] = ()
+    after_step: Sequence[AfterStep] = ()
+    clamp: bool = True
+    normalize_gradient: str | None = None
+    optimizer_options: Mapping[str, object] | None = None
+    every: int = 1
+    time_budget: float | None = None
+    should_stop: Callable[[Progress], bool | None] | None = None
+    seed: int | None = None
 
 
 class Optimization(Iterator[Progress]):
@@ -462,28 +509,8 @@ class Optimization(Iterator[Progress]):
     while a step runs, so abandoning the iterator never leaves the model hooked.
     """
 
-    def __init__(
-        self,
-        model: VizModel,
-        image: torch.Tensor,
-        objective: Objective,
-        *,
-        steps: int,
-        optimizer: str | OptimizerFactory,
-        lr: float,
-        transforms: Sequence[Transform],
-        regularizers: Sequence[Regularizer],
-        after_step: Sequence[AfterStep],
-        clamp: bool,
-        normalize_gradient: str | None,
-        optimizer_options: Mapping[str, object] | None,
-        every: int,
-        time_budget: float | None,
-        should_stop: Callable[[Progress], bool] | None,
-        seed: int | None,
-    ) -> None:
-        if not isinstance(model, VizModel):
-            raise TypeError(f"model must be a VizModel from viztools.load_model(...); got {type(model).__name__}.")
+    def __init__(self, model: VizModel, image: torch.Tensor, objective: Objective, settings: LoopSettings) -> None:
+        model = check_model(model)
         if not isinstance(objective, Objective):
             raise TypeError(
                 f"objective must be a viztools.optimize.Objective (e.g. ClassScore(3), LayerDream('conv3')); "
@@ -493,32 +520,32 @@ class Optimization(Iterator[Progress]):
         for layer in objective.layers:
             if layer != LOGITS:
                 model.layer_path(layer)  # raises a helpful ValueError for unknown layers
-        for regularizer in regularizers:
+        for regularizer in settings.regularizers:
             if not isinstance(regularizer, Regularizer):
                 raise TypeError(
                     f"regularizers must be Regularizer objects (L2Penalty, TotalVariation); got {regularizer!r}."
                 )
         self.model, self.objective = model, objective
-        self.steps = check_int(steps, "steps", low=0)
-        self.lr = check_float(lr, "lr", low=0.0, low_inclusive=False)
-        self.every = check_int(every, "every", low=1)
-        self.time_budget = None if time_budget is None else check_float(
-            time_budget, "time_budget (seconds)", low=0.0, low_inclusive=False
+        self.steps = check_int(settings.steps, "steps", low=0)
+        self.lr = check_float(settings.lr, "lr", low=0.0, low_inclusive=False)
+        self.every = check_int(settings.every, "every", low=1)
+        self.time_budget = None if settings.time_budget is None else check_float(
+            settings.time_budget, "time_budget (seconds)", low=0.0, low_inclusive=False
         )
-        if normalize_gradient is not None:
-            check_choice(normalize_gradient, "normalize_gradient", GRADIENT_NORMALIZATIONS)
-        if normalize_gradient is not None and optimizer == "lbfgs":
-            raise ValueError("normalize_gradient does not combine with L-BFGS (it needs true gradients); use None.")
-        self.normalize_gradient = normalize_gradient
-        self.transforms = list(transforms)
-        self.regularizers = list(regularizers)
-        self.after_step = list(after_step)
-        self.clamp = bool(clamp)
-        self.should_stop = should_stop
-        self.generator = _make_generator(seed)
+        if settings.normalize_gradient is not None:
+            check_choice(settings.normalize_gradient, "normalize_gradient", GRADIENT_NORMALIZATIONS)
+            if settings.optimizer == "lbfgs":
+                raise ValueError("normalize_gradient does not combine with L-BFGS (it needs true gradients); use None.")
+        self.normalize_gradient = settings.normalize_gradient
+        self.transforms = list(settings.transforms)
+        self.regularizers = list(settings.regularizers)
+        self.after_step = list(settings.after_step)
+        self.clamp = bool(settings.clamp)
+        self.should_stop = check_stop_callback(settings.should_stop)
+        self.generator = make_generator(settings.seed)
 
         self.pixels = image.detach().clone().requires_grad_(True)
-        self.optimizer = _make_optimizer(optimizer, self.pixels, self.lr, optimizer_options)
+        self.optimizer = _make_optimizer(settings.optimizer, self.pixels, self.lr, settings.optimizer_options)
 
         self.step = 0
         self.closure_calls = 0
@@ -720,65 +747,124 @@ def _make_optimizer(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def optimize(
-    model: VizModel,
-    image: torch.Tensor,
-    objective: Objective,
-    *,
-    steps: int = 100,
-    optimizer: str | OptimizerFactory = "adam",
-    lr: float = 0.05,
-    transforms: Sequence[Transform] = (),
-    regularizers: Sequence[Regularizer] = (),
-    after_step: Sequence[AfterStep] = (),
-    clamp: bool = True,
-    normalize_gradient: str | None = None,
-    optimizer_options: Mapping[str, object] | None = None,
-    every: int = 1,
-    time_budget: float | None = None,
-    should_stop: Callable[[Progress], bool] | None = None,
-    seed: int | None = None,
-) -> Optimization:
+def optimize(model: VizModel, image: torch.Tensor, objective: Objective, **settings: object) -> Optimization:
     """Optimize the pixels of ``image`` (a starting point, not modified) to maximize ``objective``.
 
-    The loop minimizes ``-objective(activations of transforms(pixels)) + sum(regularizers(pixels))`` with
-    ``optimizer`` (``"adam"``, ``"sgd"``, ``"lbfgs"``, or a factory ``params -> torch.optim.Optimizer``;
-    ``optimizer_options`` go to its constructor; L-BFGS defaults to ``max_iter=1``, so one step is one
-    iteration). ``normalize_gradient`` (``"l2"``, ``"rms"``, ``"mean_abs"``) rescales the gradient before each
-    step (CS231n / DeepDream style steps with SGD). After each step come ``after_step`` operations
-    ``(pixels, step) -> pixels`` (e.g. :func:`blur_every`) and, with ``clamp``, the projection into [0, 1].
+    The loop minimizes ``-objective(activations of transforms(pixels)) + sum(regularizers(pixels))``; the
+    keyword ``settings`` are the fields of :class:`LoopSettings` (steps, optimizer, lr, transforms, regularizers,
+    after_step, clamp, normalize_gradient, optimizer_options, every, time_budget, should_stop, seed).
 
     Returns an :class:`Optimization`: iterate it for a :class:`Progress` every ``every`` steps and after the
     last step (however the loop ends), call ``.stop()`` to end it, or ``.result()`` for the
-    :class:`OptimizationResult`. It stops after ``steps`` steps, after ``time_budget`` seconds (wall time since
-    the first step), when ``should_stop(progress)`` (called after every step) returns True, or on ``stop()``.
-    ``seed`` seeds the random transforms: equal seeds give identical images.
+    :class:`OptimizationResult`.
     """
-    return Optimization(
-        model,
-        image,
-        objective,
-        steps=steps,
-        optimizer=optimizer,
-        lr=lr,
-        transforms=transforms,
-        regularizers=regularizers,
-        after_step=after_step,
-        clamp=clamp,
-        normalize_gradient=normalize_gradient,
-        optimizer_options=optimizer_options,
-        every=every,
-        time_budget=time_budget,
-        should_stop=should_stop,
-        seed=seed,
-    )
+    unknown = sorted(set(settings) - set(LoopSettings.__dataclass_fields__))
+    if unknown:
+        raise TypeError(
+            f"Unknown optimize() option(s): {', '.join(unknown)}. "
+            f"Choose from: {', '.join(LoopSettings.__dataclass_fields__)}."
+        )
+    return Optimization(model, image, objective, LoopSettings(**settings))
 
 
-def run(
-    model: VizModel,
-    image: torch.Tensor,
-    objective: Objective,
-    **options: object,
-) -> OptimizationResult:
+def run(model: VizModel, image: torch.Tensor, objective: Objective, **settings: object) -> OptimizationResult:
     """:func:`optimize` run to the end; returns the best image (Ctrl-C returns the best image so far)."""
-    return optimize(model, image, objective, **options).result()
+    return optimize(model, image, objective, **settings).result()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A technique's live optimization
+# --------------------------------------------------------------------------------------------------------------
+
+class Run(Iterator[Progress], Generic[ResultT]):
+    """A technique's optimization as it runs: what every ``<technique>_optimization(...)`` returns.
+
+    Iterate it for :class:`Progress` (the current image and the named loss terms, for a live display), call
+    :meth:`stop` to end it after the current step, or :meth:`result` for the technique's result (a Ctrl-C during
+    :meth:`result` ends the run with the best image so far). A run is one optimization, or several stages in
+    sequence (DeepDream's octaves): ``next_stage(outcome)`` makes the next stage from the previous stage's
+    :class:`OptimizationResult`, or returns None when the run is complete. ``finish(outcomes)`` turns the
+    stages' outcomes into the technique's result.
+    """
+
+    def __init__(
+        self,
+        first: Optimization,
+        finish: Callable[[list[OptimizationResult]], ResultT],
+        *,
+        next_stage: Callable[[OptimizationResult], Optimization | None] | None = None,
+    ) -> None:
+        self.current = first
+        self.outcomes: list[OptimizationResult] = []
+        self._finish, self._next_stage = finish, next_stage
+        self._stop_requested = False
+        self._complete = False
+
+    @property
+    def stage(self) -> int:
+        """The index of the running stage (0 for single-stage runs)."""
+        return len(self.outcomes)
+
+    @property
+    def best_image(self) -> torch.Tensor:
+        """The best image of the running stage so far."""
+        return self.current.best_image.clone()
+
+    def stop(self) -> None:
+        """Finish after the current step; :meth:`result` then returns the best image so far."""
+        self._stop_requested = True
+        self.current.stop()
+
+    def __iter__(self) -> Run[ResultT]:
+        return self
+
+    def __next__(self) -> Progress:
+        while not self._complete:
+            try:
+                progress = next(self.current)
+            except StopIteration:
+                self._end_stage()
+                continue
+            return progress if self.stage == 0 else replace(progress, stage=self.stage)
+        raise StopIteration
+
+    def _end_stage(self) -> None:
+        outcome = self.current.result()  # the stage is finished: this only packs its outcome
+        self.outcomes.append(outcome)
+        following = None
+        if self._next_stage is not None and not self._stop_requested and outcome.stop_reason == "steps":
+            following = self._next_stage(outcome)
+        if following is None:
+            self._complete = True
+        else:
+            self.current = following
+
+    def result(self) -> ResultT:
+        """Run the remaining steps and return the technique's result (Ctrl-C keeps the best image so far)."""
+        try:
+            for _ in self:
+                pass
+        except KeyboardInterrupt:
+            self._stop_requested = True
+            self._end_stage()
+        return self._finish(list(self.outcomes))
+
+
+def finished(live: Callable[P, Run[ResultT]], name: str) -> Callable[P, ResultT]:
+    """The finished form of a ``<technique>_optimization`` function: same arguments, returns ``.result()``."""
+
+    @functools.wraps(live)
+    def technique(*args: P.args, **kwargs: P.kwargs) -> ResultT:
+        return live(*args, **kwargs).result()
+
+    technique.__name__ = technique.__qualname__ = name
+    technique.__doc__ = (
+        f"Run :func:`{live.__name__}` to the end and return its result (same arguments).\n\n{live.__doc__ or ''}"
+    )
+    del technique.__wrapped__  # show this function's own return type in help()
+    signature = inspect.signature(live)
+    technique.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        return_annotation=signature.return_annotation.removeprefix("Run[").removesuffix("]")
+        if isinstance(signature.return_annotation, str) else inspect.Signature.empty
+    )
+    return technique

@@ -25,25 +25,29 @@ Normalization (implementations differ, so weights do not transfer between them):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from viztools._validation import check_choice, check_float, check_image, check_int
+from viztools._validation import check_choice, check_float, check_image, check_model, make_generator
+from viztools.data import to_numpy_image
 from viztools.hooks import forward_activations
 from viztools.models import VizModel
 from viztools.optimize import (
     Activations,
     FeatureMatch,
     Objective,
-    Optimization,
     OptimizationResult,
     Progress,
+    Run,
     TotalVariation,
+    finished,
     optimize,
 )
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 #: Default ``(content layer, style layers)`` of the registered models, after Gatys et al. (VGG: conv4_2 and
@@ -214,8 +218,8 @@ def style_transfer_objective(
     :data:`DEFAULT_STYLE_WEIGHT` each) scale the per-layer relative style losses. Content and style images may
     have different sizes.
     """
-    content = _check_pixels(content, "content")
-    style = _check_pixels(style, "style")
+    content = check_image(content, "content", pixels=True)
+    style = check_image(style, "style", pixels=True)
     default_content, default_style = default_layers(model)
     content_layer = default_content if content_layer is None else content_layer
     if not isinstance(content_layer, str):
@@ -241,7 +245,17 @@ def style_transfer_objective(
     return content_weight * ContentMatch(content_layer, content_features[content_layer]) + GramMatch(grams, weights)
 
 
-def style_transfer(
+@dataclass
+class StyleTransferResult(OptimizationResult):
+    """What :func:`style_transfer` returns: the optimization's result (``image``: the best image; ``history``:
+    every step's ``"content:<layer>"``, ``"style:<layer>"`` and ``"total variation"`` losses) plus the two
+    images it started from."""
+
+    content: torch.Tensor | None = None
+    style: torch.Tensor | None = None
+
+
+def style_transfer_optimization(
     model: VizModel,
     content: torch.Tensor,
     style: torch.Tensor,
@@ -259,9 +273,9 @@ def style_transfer(
     optimizer_options: Mapping[str, object] | None = None,
     every: int = 1,
     time_budget: float | None = None,
-    should_stop: Callable[[Progress], bool] | None = None,
-) -> Optimization:
-    """Neural style transfer (Gatys et al. 2016; lecture ``08_neural_style``): paint ``content`` in ``style``.
+    should_stop: Callable[[Progress], bool | None] | None = None,
+) -> Run[StyleTransferResult]:
+    """Neural style transfer (Gatys et al. 2016; lecture ``08_neural_style``): paint ``content`` in ``style``, live.
 
     Minimizes ``content_weight * content + sum_l w_l * style_l + tv_weight * TV`` (relative losses, see the
     module docstring) over the pixels with the shared loop of :mod:`viztools.optimize`.
@@ -284,83 +298,84 @@ def style_transfer(
         every, time_budget, should_stop: passed to :func:`viztools.optimize.optimize`.
 
     Returns:
-        An :class:`~viztools.optimize.Optimization`: iterate it for :class:`~viztools.optimize.Progress` records
+        A :class:`~viztools.optimize.Run`: iterate it for :class:`~viztools.optimize.Progress` records
         (``progress.losses`` holds ``"content:<layer>"``, one ``"style:<layer>"`` per style layer and ``"total
-        variation"``), or call ``.result()`` for the best image.
+        variation"``), or call ``.result()`` for the :class:`StyleTransferResult`.
     """
-    content = _check_pixels(content, "content")
+    model = check_model(model)
+    content = check_image(content, "content", pixels=True)
+    style = check_image(style, "style", pixels=True)
     tv_weight = check_float(tv_weight, "tv_weight", low=0.0)
     optimizer = check_choice(optimizer, "optimizer", OPTIMIZERS)
     init = check_choice(init, "init", INITS)
     lr = DEFAULT_LR[optimizer] if lr is None else lr
-    seed = None if seed is None else check_int(seed, "seed", low=0)
     objective = style_transfer_objective(
         model, content, style, content_layer=content_layer, style_layers=style_layers,
         style_weights=style_weights, content_weight=content_weight,
     )
-    if init == "content":
-        start = content.detach().clone()
-    else:
-        generator = torch.Generator()
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-        start = torch.rand(content.shape, generator=generator)
+    start = content.detach().clone() if init == "content" else torch.rand(content.shape, generator=make_generator(seed))
     # TotalVariation sums over pixel pairs; dividing by the number of values makes tv_weight act on the mean.
     regularizers = [TotalVariation(tv_weight / content.numel())] if tv_weight > 0 else []
-    return optimize(
+    optimization = optimize(
         model, start, objective, steps=steps, optimizer=optimizer, lr=lr, regularizers=regularizers,
         transforms=[_network_view],
         optimizer_options=optimizer_options, every=every, time_budget=time_budget, should_stop=should_stop, seed=seed,
     )
 
+    def finish(outcomes: list[OptimizationResult]) -> StyleTransferResult:
+        return StyleTransferResult.extending(outcomes[-1], content=content.detach(), style=style.detach())
 
-def plot_style_transfer(content: torch.Tensor, style: torch.Tensor, result: OptimizationResult) -> Figure:
-    """Content | style | result, and every loss term per step on a log scale (lecture ``08_neural_style``)."""
-    import matplotlib.pyplot as plt
+    return Run(optimization, finish)
 
-    from viztools.data import to_numpy_image
 
-    if not isinstance(result, OptimizationResult):
-        raise TypeError(
-            f"plot_style_transfer takes the result of style_transfer(...).result(); got {type(result).__name__}."
-        )
-    figure, axes = plt.subplots(1, 4, figsize=(14, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 1.4]})
-    for axis, pixels, title in zip(axes[:3], (content, style, result.image),
+style_transfer = finished(style_transfer_optimization, "style_transfer")
+
+
+def plot_style_transfer(
+    result: StyleTransferResult, image: torch.Tensor | None = None, *, ax: Axes | None = None
+) -> Figure:
+    """Content | style | result, and every loss term per step on a log scale (lecture ``08_neural_style``).
+
+    With ``ax`` only the loss curves are drawn there (a widget's live plot); ``image`` replaces the result's
+    image in the picture row (e.g. an intermediate frame).
+    """
+    from matplotlib.figure import Figure
+
+    if not isinstance(result, StyleTransferResult):
+        raise TypeError(f"plot_style_transfer takes the result of style_transfer(...); got {type(result).__name__}.")
+    if ax is not None:
+        plot_loss_curves(result.history, ax)
+        return ax.figure
+    figure = Figure(figsize=(14, 3.6), layout="constrained")
+    axes = figure.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 1.4]})
+    shown = result.image if image is None else check_image(image, "image")
+    for axis, pixels, title in zip(axes[:3], (result.content, result.style, shown),
                                    ("content", "style", f"result (step {result.best_step})"), strict=True):
         axis.imshow(to_numpy_image(pixels))
         axis.set_title(title)
         axis.axis("off")
-    names = [name for name in (result.history[0] if result.history else {}) if name != "total"]
-    steps = range(1, len(result.history) + 1)
-    for name in ["total", *names]:
-        values = [record[name] if record[name] > 0 else float("nan") for record in result.history]  # log scale
-        axes[3].plot(steps, values, label=name, linewidth=2.5 if name == "total" else 1.2)
-    axes[3].set_yscale("log")
-    axes[3].set_xlabel("step")
-    axes[3].set_title("losses (weighted)")
-    if names:
-        axes[3].legend(fontsize=8)
-    figure.tight_layout()
+    plot_loss_curves(result.history, axes[3])
     return figure
+
+
+def plot_loss_curves(history: Sequence[Mapping[str, float]], ax: Axes) -> None:
+    """Every loss term of an optimization's ``history`` per step, on a log scale (the total drawn thicker)."""
+    names = [name for name in (history[0] if history else {}) if name != "total"]
+    steps = range(1, len(history) + 1)
+    for name in ["total", *names]:
+        values = [record[name] if record[name] > 0 else float("nan") for record in history]  # log scale
+        ax.plot(steps, values, label=name, linewidth=2.5 if name == "total" else 1.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title("losses (weighted)")
+    if names:
+        ax.legend(fontsize=8)
 
 
 def _network_view(pixels: torch.Tensor) -> torch.Tensor:
     """The pixels the network sees: clamped to [0, 1] (no gradient pushes a pixel further out of range), in
     channels-last memory layout, which every layer keeps and which makes CPU convolutions and pooling faster."""
     return pixels.clamp(0.0, 1.0).contiguous(memory_format=torch.channels_last)
-
-
-def _check_pixels(image: object, name: str) -> torch.Tensor:
-    image = check_image(image, name)
-    low, high = float(image.min()), float(image.max())
-    if low < 0 or high > 1:
-        raise ValueError(
-            f"{name} must hold pixels in [0, 1]; got values in [{low:.3g}, {high:.3g}]. Pass the image before "
-            "normalization (viztools.load_image(...), or model.denormalize(...) of a normalized tensor)."
-        )
-    return image
 
 
 def _check_layer_list(layers: object) -> list[str]:
