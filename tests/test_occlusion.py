@@ -1,24 +1,25 @@
-"""Occlusion sensitivity: fast paths equal the naive loop, known answers on hand-built models, the API contract."""
+"""Occlusion sensitivity: known answers on hand-built models, the result and its heatmap, the API contract.
+
+The fast paths against the naive loop, and incremental inference itself, are tested in ``test_incremental.py``.
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
-import threading
-from collections import OrderedDict
 
 import matplotlib
 import pytest
 import torch
-import torch.nn.functional as F
+from test_incremental import glyph_image, hand_built_model, random_glyphnet_model, wrap
 from torch import nn
 
-import viztools
+from viztools.data import gaussian_blur
 from viztools.hooks import has_hooks
 from viztools.models import VizModel
 from viztools.occlusion import (
-    FILLS,
     OcclusionCancelled,
+    OcclusionProgress,
     OcclusionResult,
     default_patch_size,
     default_stride,
@@ -32,251 +33,10 @@ matplotlib.use("Agg")
 # The hand-built model's even-kernel padding="same" convolution makes PyTorch warn about a padded copy.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 
-FAST_METHODS = ("batched", "incremental", "auto")
-
-
-class Scale(nn.Module):
-    """Multiplies the logits: makes a random network's probabilities react strongly to occlusion."""
-
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.factor
-
-
-class TwoBranches(nn.Module):
-    """A Fire-like block: a 1x1 and a padded 3x3 branch concatenated, plus an element-wise sum."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.one = nn.Conv2d(channels, channels, 1)
-        self.three = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.relu(self.one(x)), torch.sigmoid(self.three(x)) + x], dim=1)
-
-
-class Head(nn.Module):
-    """A linear layer on the globally pooled features and on the feature map itself (every position counts)."""
-
-    def __init__(self, features: int, classes: int) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(features, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(torch.cat([self.pool(x).flatten(1), x.flatten(1)], dim=1))
-
-
-def wrap(network: nn.Module, name: str, classes: int, size: int) -> VizModel:
-    return VizModel(name=name, network=network, categories=[f"class {i}" for i in range(classes)], input_size=size,
-                    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-
-
-class Centre(nn.Module):
-    """``(logits - offset) * factor``: with ``offset`` the logits of an image, occluding it moves the probabilities."""
-
-    def __init__(self, offset: torch.Tensor, factor: float) -> None:
-        super().__init__()
-        self.register_buffer("offset", offset)
-        self.factor = factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.offset) * self.factor
-
-
-def sensitive(model: VizModel, image: torch.Tensor, factor: float) -> VizModel:
-    """``model`` (random weights) with logits centred on ``image`` and magnified."""
-    with torch.no_grad():
-        offset = model(image)[0]
-    network = nn.Sequential(OrderedDict(body=model.network, centre=Centre(offset, factor)))
-    return VizModel(name=f"{model.name}, centred", network=network, categories=model.categories,
-                    input_size=model.input_size, mean=model.mean, std=model.std)
-
-
-def hand_built_model(size: int = 40, centre_on: torch.Tensor | None = None) -> VizModel:
-    """Padding, strides, dilation, ceil-mode and padded pools, batch norm, branches, global pooling, a linear head.
-
-    Sized for ``size`` x ``size`` images, or for ``centre_on``'s size. With ``centre_on``, the head's bias makes all
-    logits of that image 0, so occluding it moves the probabilities.
-    """
-    torch.manual_seed(1)
-    batch_norm = nn.BatchNorm2d(8)
-    batch_norm.running_mean.uniform_(-0.5, 0.5)
-    batch_norm.running_var.uniform_(0.5, 2.0)
-    body = nn.Sequential(
-        nn.Conv2d(3, 6, 5, padding=2),
-        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),  # pads with -inf: its input has negative values
-        nn.ReLU(),
-        nn.Conv2d(6, 8, 3, stride=2, padding=2, dilation=2),
-        batch_norm,
-        nn.LeakyReLU(0.1),
-        TwoBranches(8),
-        nn.Conv2d(16, 16, 4, padding="same"),  # an even kernel: PyTorch pads 1 before and 2 after
-        nn.AvgPool2d(3, stride=1, padding=1),
-        nn.MaxPool2d(2, ceil_mode=True),
-        nn.Conv2d(16, 12, 3, padding=1),
-        nn.Tanh(),
-    ).eval()
-    shape = (1, 3, size, size) if centre_on is None else centre_on.shape
-    features = body(torch.zeros(shape)).numel()
-    network = nn.Sequential(body, Head(features + 12, 4), Scale(40.0)).eval()
-    if centre_on is not None:
-        with torch.no_grad():
-            network[1].linear.bias -= network(centre_on)[0] / 40.0
-    return wrap(network, "hand-built", 4, size)
-
-
-def glyph_image(index: int = 3) -> torch.Tensor:
-    images, _ = viztools.make_glyphworld(1, seed=0, start=index)
-    return images
-
 
 @pytest.fixture(scope="module")
 def random_glyphnet() -> VizModel:
-    torch.manual_seed(0)
-    return sensitive(viztools.load_model("glyphnet", weights="random"), glyph_image(3), 300.0)
-
-
-def assert_matches_naive(model: VizModel, image: torch.Tensor, target: int, **options: object) -> None:
-    naive = occlusion(model, image, target, method="naive", **options)
-    assert naive.method == "naive"
-    spread = float(naive.probability.max() - naive.probability.min())
-    assert spread > 1e-2, f"the case is too weak to test anything (probabilities vary by {spread:.1e})"
-    for method in FAST_METHODS:
-        fast = occlusion(model, image, target, method=method, **options)
-        assert fast.method == ("incremental" if method == "auto" else method)
-        assert fast.row_starts == naive.row_starts and fast.col_starts == naive.col_starts
-        assert fast.baseline == pytest.approx(naive.baseline, abs=1e-6)
-        torch.testing.assert_close(fast.probability, naive.probability, atol=1e-5, rtol=0)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Fast paths against the naive one-image-at-a-time loop
-# --------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("fill", "edges"), [*((fill, "shift") for fill in FILLS), ("grey", "clip")])
-def test_hand_built_network_fast_paths_equal_naive(fill: str, edges: str) -> None:
-    image = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))  # large enough that the windows
-    model = hand_built_model(centre_on=image)  # reach the global pooling before they cover whole maps
-    assert_matches_naive(model, image, 2, patch_size=7, stride=7, fill=fill, edges=edges, batch_size=16)
-
-
-def test_non_square_image_and_patch_at_the_border() -> None:
-    image = torch.rand(1, 3, 37, 29, generator=torch.Generator().manual_seed(1))
-    model = hand_built_model(centre_on=image)
-    assert_matches_naive(model, image, 1, patch_size=9, stride=4, batch_size=7)
-
-
-def test_random_glyphnet_fast_paths_equal_naive(random_glyphnet: VizModel) -> None:
-    assert_matches_naive(random_glyphnet, glyph_image(3), 0, patch_size=12, stride=8, fill="blur")
-
-
-def test_trained_glyphnet_fast_paths_equal_naive(glyphnet: VizModel) -> None:
-    image = glyph_image(5)
-    assert_matches_naive(glyphnet, image, int(glyphnet.predict(image).argmax()), patch_size=16, stride=8)
-
-
-def test_small_squeezenet_fast_paths_equal_naive() -> None:
-    image = viztools.load_image("coffee", 80)  # SqueezeNet accepts small inputs
-    model = sensitive(viztools.load_model("squeezenet1_1", weights="random"), image, 300.0)
-    assert_matches_naive(model, image, 642, patch_size=16, stride=12, fill="mean")
-
-
-def test_incremental_inference_does_a_fraction_of_the_work(glyphnet: VizModel) -> None:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    flops = {}
-    for method in ("batched", "incremental"):
-        with FlopCounterMode(display=False) as counter:
-            result = occlusion(glyphnet, glyph_image(4), 0, patch_size=12, stride=8, method=method)
-        assert result.method == method
-        flops[method] = counter.get_total_flops()
-    assert flops["incremental"] < 0.45 * flops["batched"]  # about a third, set-up included
-
-
-class InPlace(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 2, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        x += 1.0  # modifies an activation in place
-        return x.mean(dim=(2, 3)) * 50
-
-
-class BatchSizeInView(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 2, 3)
-        self.linear = nn.Linear(2 * 10 * 10, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        return self.linear(x.view(int(x.shape[0]), -1)) * 20  # the batch size becomes a constant when recorded
-
-
-@pytest.mark.parametrize(("network", "reason"), [(InPlace, "in place"), (BatchSizeInView, "two test patches")])
-def test_models_the_recorder_cannot_replay_fall_back_to_batching(network: type, reason: str) -> None:
-    model = wrap(network(), network.__name__, 2, 12)
-    image = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
-    auto = occlusion(model, image, 0, patch_size=4, stride=2)
-    naive = occlusion(model, image, 0, patch_size=4, stride=2, method="naive")
-    assert auto.method == "batched"
-    torch.testing.assert_close(auto.probability, naive.probability, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match=reason):
-        occlusion(model, image, 0, patch_size=4, stride=2, method="incremental")
-
-
-def test_forward_passes_in_other_threads_are_unaffected() -> None:
-    """Widgets compute in background threads; recording the graph must not disturb other models meanwhile."""
-    model = hand_built_model(64)
-    other = viztools.load_model("glyphnet", weights="random")
-    errors: list[BaseException] = []
-    done = threading.Event()
-
-    def other_forward_passes() -> None:
-        while not done.is_set():
-            try:
-                with torch.inference_mode():
-                    assert other.network(torch.rand(1, 3, 64, 64)).shape == (1, 10)
-            except Exception as error:  # collected, and reported by the assertion below
-                errors.append(error)
-
-    thread = threading.Thread(target=other_forward_passes)
-    thread.start()
-    try:
-        for _ in range(5):
-            occlusion(model, torch.rand(1, 3, 64, 64), 0, patch_size=16, stride=16, method="incremental")
-    finally:
-        done.set()
-        thread.join()
-    assert errors == []
-
-
-def test_data_dependent_model_falls_back_to_batching() -> None:
-    class DataDependent(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 2, 3)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if x.sum() > 0:  # control flow on activation values: a recording may not hold for other images
-                x = x * 2
-            return self.conv(x).mean(dim=(2, 3)) * 50
-
-    model = wrap(DataDependent(), "data-dependent", 2, 12)
-    image = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
-    auto = occlusion(model, image, 0, patch_size=4, stride=2)
-    naive = occlusion(model, image, 0, patch_size=4, stride=2, method="naive")
-    assert auto.method == "batched"
-    torch.testing.assert_close(auto.probability, naive.probability, atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match=r"reads activation values.*method='auto'"):
-        occlusion(model, image, 0, patch_size=4, stride=2, method="incremental")
+    return random_glyphnet_model()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -329,15 +89,21 @@ def test_a_fill_equal_to_the_image_changes_nothing(fill: str) -> None:
         assert result.method == "none"  # nothing needed evaluating
 
 
-def test_black_and_mean_fills_replace_the_patch_with_the_documented_values() -> None:
+def test_black_mean_and_blur_fills_replace_the_patch_with_the_documented_values() -> None:
     size, box = 12, (0, 12, 0, 12)
     model = wrap(RegionSum(size, box, scale=0.01), "sum", 2, size)
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(3))
-    for fill, value in (("black", torch.zeros(3)), ("mean", image.mean(dim=(2, 3))[0])):
-        result = occlusion(model, image, 0, patch_size=4, stride=4, fill=fill)
+    fills = {
+        "black": torch.zeros_like(image),
+        "mean": image.mean(dim=(2, 3), keepdim=True).expand_as(image),
+        "blur": gaussian_blur(image, 1.5),  # the shared blur of viztools.data, sigma blur_sigma
+    }
+    for fill, fill_image in fills.items():
+        result = occlusion(model, image, 0, patch_size=4, stride=4, fill=fill, blur_sigma=1.5)
         for i, r in enumerate(result.row_starts):
             for j, c in enumerate(result.col_starts):
-                occluded_sum = image.sum() - image[..., r:r + 4, c:c + 4].sum() + 16 * value.sum()
+                patch = (..., slice(r, r + 4), slice(c, c + 4))
+                occluded_sum = image.sum() - image[patch].sum() + fill_image[patch].sum()
                 expected = torch.sigmoid(0.01 * occluded_sum)
                 assert float(result.probability[i, j]) == pytest.approx(float(expected), abs=1e-6)
 
@@ -427,7 +193,7 @@ def test_coarse_to_fine_yields_a_coarse_map_then_the_full_one() -> None:
     image = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(4))
     calls: list[tuple[int, int]] = []
     coarse, fine = occlusion_coarse_to_fine(model, image, 1, patch_size=8, stride=2,
-                                            progress=lambda *call: calls.append(call))
+                                            should_stop=lambda p: calls.append((p.done, p.total)))
     assert coarse.stride == 8 and fine.stride == 2
     direct = occlusion(model, image, 1, patch_size=8, stride=2)
     assert fine.row_starts == direct.row_starts
@@ -440,12 +206,16 @@ def test_coarse_to_fine_yields_a_coarse_map_then_the_full_one() -> None:
     assert all(before[0] <= after[0] for before, after in itertools.pairwise(calls))
 
 
-def test_progress_counts_patch_positions() -> None:
-    calls: list[tuple[int, int]] = []
+def test_should_stop_sees_the_progress_before_the_set_up_and_after_every_batch() -> None:
+    seen: list[OcclusionProgress] = []
     result = occlusion(hand_built_model(), torch.rand(1, 3, 40, 40), 0, patch_size=6, stride=3, batch_size=10,
-                       progress=lambda done, total: calls.append((done, total)))
+                       should_stop=seen.append)  # returns None: counts as "go on"
     total = result.probability.numel()
-    assert calls == [(min(10 * (i + 1), total), total) for i in range(math.ceil(total / 10))]
+    calls = [(progress.done, progress.total) for progress in seen]
+    assert calls == [(0, total)] + [(min(10 * (i + 1), total), total) for i in range(math.ceil(total / 10))]
+    assert all(isinstance(progress, OcclusionProgress) for progress in seen)
+    with pytest.raises(TypeError, match="should_stop must be a function"):
+        occlusion(hand_built_model(), torch.rand(1, 3, 40, 40), 0, should_stop=True)
 
 
 @pytest.mark.parametrize("method", ["naive", "batched", "incremental"])
@@ -453,18 +223,35 @@ def test_should_stop_cancels(method: str) -> None:
     model = hand_built_model()
     polls: list[int] = []
 
-    def stop_at_third_poll() -> bool:
-        polls.append(1)
+    def stop_at_third_poll(progress: OcclusionProgress) -> bool:
+        polls.append(progress.done)
         return len(polls) == 3
 
     with pytest.raises(OcclusionCancelled, match="cancelled") as caught:
         occlusion(model, torch.rand(1, 3, 40, 40), 0, patch_size=6, stride=3, batch_size=5, method=method,
                   should_stop=stop_at_third_poll)
     per_batch = 1 if method == "naive" else 5
-    assert caught.value.done == 2 * per_batch  # polled before the set-up, then before the second and third batch
+    assert caught.value.done == 2 * per_batch  # polled before the set-up, then after the first and second batch
     assert caught.value.total == len(patch_starts(40, 6, 3)) ** 2
-    assert len(polls) == 3
+    assert polls == [0, per_batch, 2 * per_batch]
     assert not has_hooks(model.network)
+
+
+def test_should_stop_cancels_coarse_to_fine_with_positions_counted_over_both_passes() -> None:
+    model = hand_built_model()
+    image = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(4))
+    coarse_positions = len(patch_starts(40, 8, 8)) ** 2
+
+    def stop_in_the_fine_pass(progress: OcclusionProgress) -> bool:
+        return progress.done > coarse_positions
+
+    maps = occlusion_coarse_to_fine(model, image, 1, patch_size=8, stride=2, batch_size=4,
+                                    should_stop=stop_in_the_fine_pass)
+    assert next(maps).stride == 8
+    with pytest.raises(OcclusionCancelled) as caught:
+        next(maps)
+    assert coarse_positions < caught.value.done < caught.value.total
+    assert caught.value.total == len(patch_starts(40, 8, 2)) ** 2  # the coarse grid lies on the fine one: reused
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -504,10 +291,25 @@ def test_bad_images_raise_helpful_errors() -> None:
         occlusion(model, torch.rand(2, 3, 40, 40), 0)
     with pytest.raises(TypeError, match=r"torch\.Tensor"):
         occlusion(model, [[0.5]], 0)
-    with pytest.raises(TypeError, match="VizModel"):
-        occlusion(model.network, torch.rand(1, 3, 40, 40), 0)
     with pytest.raises(ValueError, match="kind"):
         occlusion(model, torch.rand(1, 3, 40, 40), 0, patch_size=10, stride=10).heatmap("relevance")
+
+
+@pytest.mark.parametrize("entry", [occlusion, occlusion_coarse_to_fine])
+def test_inputs_a_new_user_might_try_raise_errors_naming_the_fix(entry: object, glyphnet: VizModel) -> None:
+    image = glyph_image(3)
+    with pytest.raises(TypeError, match=r"VizModel.*wrap"):
+        entry(glyphnet.network, image, 0)  # a plain nn.Module
+    nan_image = image.clone()
+    nan_image[0, 1, 5, 7] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        entry(glyphnet, nan_image, 0)
+    with pytest.raises(ValueError, match="divide by 255"):
+        entry(glyphnet, image * 255, 0)
+    with pytest.raises(ValueError, match=r"cannot classify a 8x8 px image.*Resize the image"):
+        entry(glyphnet, torch.rand(1, 3, 8, 8), 0)
+    with pytest.raises(ValueError, match="patch_size"):
+        entry(glyphnet, image, 0, patch_size=65)  # checked when called, also for the coarse-to-fine generator
 
 
 @pytest.mark.parametrize("method", ["naive", "batched", "incremental"])
@@ -524,11 +326,12 @@ def test_model_unchanged_and_no_hooks_remain(method: str, random_glyphnet: VizMo
     before = input_gradient()
     occlusion(model, image, 3, patch_size=16, stride=16, method=method)
 
-    def failing_progress(done: int, total: int) -> None:
-        raise RuntimeError("progress display broke")
+    def failing_progress(progress: OcclusionProgress) -> None:
+        if progress.done > 0:  # after the set-up and the first batch
+            raise RuntimeError("progress display broke")
 
     with pytest.raises(RuntimeError, match="progress display broke"):
-        occlusion(model, image, 3, patch_size=16, stride=16, method=method, progress=failing_progress)
+        occlusion(model, image, 3, patch_size=16, stride=16, method=method, should_stop=failing_progress)
     assert not has_hooks(model.network)
     assert not model.network.training
     assert all(not p.requires_grad for p in model.network.parameters())
@@ -538,17 +341,29 @@ def test_model_unchanged_and_no_hooks_remain(method: str, random_glyphnet: VizMo
 
 def test_plot_occlusion_overlays_the_heatmap_with_a_colour_bar() -> None:
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     model = hand_built_model()
     image = torch.rand(1, 3, 40, 40)
     result = occlusion(model, image, 0, patch_size=10, stride=5)
-    figure = plot_occlusion(result, image)
-    assert len(figure.axes) == 2  # the image axes and the colour bar
-    shown = figure.axes[0].images[1].get_array()
-    assert shown.shape == (40, 40)
-    torch.testing.assert_close(torch.as_tensor(shown.filled(float("nan"))).float(), result.heatmap(), equal_nan=True)
+    assert torch.equal(result.image, image)
+    open_figures = plt.get_fignums()
+    for figure in (plot_occlusion(result, image), plot_occlusion(result)):  # the result carries its image
+        assert isinstance(figure, Figure)
+        assert len(figure.axes) == 2  # the image axes and the colour bar
+        shown = figure.axes[0].images[1].get_array()
+        assert shown.shape == (40, 40)
+        torch.testing.assert_close(torch.as_tensor(shown.filled(float("nan"))).float(), result.heatmap(),
+                                   equal_nan=True)
+        torch.testing.assert_close(torch.as_tensor(figure.axes[0].images[0].get_array()).permute(2, 0, 1)[None],
+                                   image)
+    assert plt.get_fignums() == open_figures, "with ax=None the figure must not be registered with pyplot"
     _, ax = plt.subplots()
     assert plot_occlusion(result, image, ax=ax, kind="probability") is ax.figure
     with pytest.raises(ValueError, match="computed for"):
         plot_occlusion(result, torch.rand(1, 3, 20, 20))
+    bare = OcclusionResult(probability=result.probability, baseline=result.baseline, target=0, patch_size=10,
+                           stride=5, fill="grey", image_size=(40, 40))
+    with pytest.raises(ValueError, match=r"plot_occlusion\(result, image\)"):
+        plot_occlusion(bare)
     plt.close("all")

@@ -67,6 +67,7 @@ def test_first_map_is_drawn_with_top5_and_finished_progress(model, star, computa
     assert explorer.last_error is None
     assert explorer.final and explorer.result.patch_size == 16 and explorer.result.stride == 8
     assert len(computations) == 1
+    assert callable(computations[0]["should_stop"]) and "progress" not in computations[0], "one stop callback"
     picture = decode_png(explorer.png())
     # image panel + overlay panel (each DISPLAY wide, under a title strip) + colour bar
     assert picture.shape[0] > DISPLAY and picture.shape[1] > 2 * DISPLAY
@@ -288,6 +289,13 @@ def test_no_hooks_left_and_model_unchanged(model, star):
 def test_bad_arguments_raise_clear_errors(model, star, options, error, message):
     with pytest.raises(error, match=message):
         OcclusionExplorer(model, star, **options)
+
+
+def test_bad_model_or_pixels_raise_clear_errors(model, star):
+    with pytest.raises(TypeError, match="VizModel"):
+        OcclusionExplorer(model.network, star)
+    with pytest.raises(ValueError, match="divide by 255"):
+        OcclusionExplorer(model, star * 255)
 
 
 def test_image_can_be_named(model):

@@ -21,14 +21,14 @@ import torch
 import traitlets
 from PIL import Image, ImageDraw
 
-from viztools._validation import check_choice, check_float, check_image, check_int
+from viztools._validation import check_choice, check_float, check_image, check_int, check_model
 from viztools.models import VizModel
 from viztools.occlusion import (
     FILLS,
+    OcclusionProgress,
     OcclusionResult,
-    default_patch_size,
-    default_stride,
     occlusion_coarse_to_fine,
+    patch_geometry,
 )
 from viztools.widgets._common import (
     BackgroundRunner,
@@ -91,13 +91,12 @@ class OcclusionExplorer(ipywidgets.VBox):
         display_size: int = 256,
         batch_size: int | None = None,
     ) -> None:
-        self.model = model
-        self.image = check_image(image) if isinstance(image, torch.Tensor) else model.preprocess(image)
+        self.model = check_model(model)
+        self.image = (check_image(image, "image", pixels=True, model=model) if isinstance(image, torch.Tensor)
+                      else model.preprocess(image))
         height, width = self.image.shape[2:]
         side = min(height, width)
-        patch_size = default_patch_size(side) if patch_size is None else check_int(
-            patch_size, "patch_size", low=1, high=side)
-        stride = default_stride(side) if stride is None else check_int(stride, "stride", low=1, high=side)
+        patch_size, stride = patch_geometry(patch_size, stride, height, width)
         check_choice(fill, "fill", FILLS)
         check_choice(kind, "kind", KINDS)
         alpha = check_float(alpha, "alpha", low=0.0, high=1.0)
@@ -288,7 +287,7 @@ class OcclusionExplorer(ipywidgets.VBox):
             return
         results = occlusion_coarse_to_fine(
             self.model, self.image, target, patch_size=patch_size, stride=stride, fill=fill,
-            batch_size=self.batch_size, progress=self._progress_reporter(job), should_stop=job.should_stop,
+            batch_size=self.batch_size, should_stop=self._stop_callback(job),
         )
         for result in results:
             prepared = self._prepare(result)  # the slow part of drawing, done here in the background
@@ -298,11 +297,14 @@ class OcclusionExplorer(ipywidgets.VBox):
             job.publish(lambda prepared=prepared, final=final: self._show(prepared, final=final))
         job.publish(lambda: self.progress.finish(f"done: {self._positions_text()}"))
 
-    def _progress_reporter(self, job: Job) -> Callable[[int, int], None]:
-        def report(done: int, total: int) -> None:
-            job.publish(lambda: self.progress.update(done, total))
+    def _stop_callback(self, job: Job) -> Callable[[OcclusionProgress], bool]:
+        """The technique's ``should_stop``: shows the progress, and stops once a newer setting superseded the job."""
 
-        return report
+        def should_stop(progress: OcclusionProgress) -> bool:
+            job.publish(lambda: self.progress.update(progress.done, progress.total))
+            return job.should_stop()
+
+        return should_stop
 
     def _remember(self, key: tuple[int, int, int, str], prepared: _PreparedMap) -> None:
         with self._runner.lock:
