@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from viztools.data import gaussian_blur
 from viztools.hooks import forward_activations, has_hooks
 from viztools.models import VizModel
 from viztools.optimize import (
@@ -19,12 +20,15 @@ from viztools.optimize import (
     Jitter,
     L2Penalty,
     LayerDream,
+    LoopSettings,
     Objective,
+    OptimizationResult,
     RandomTransform,
+    Run,
     TotalVariation,
     blur_every,
     compose,
-    gaussian_blur,
+    finished,
     optimize,
     run,
 )
@@ -328,3 +332,69 @@ def test_bad_arguments_raise_helpful_errors():
     with pytest.raises(ValueError, match="L-BFGS"):
         run(model, image, ClassScore(0), optimizer="lbfgs", normalize_gradient="l2")
     assert not has_hooks(model.network)
+
+
+def test_run_chains_stages_numbers_them_and_finishes_with_all_outcomes():
+    model = tiny_model()
+    stages = []
+
+    def next_stage(outcome: OptimizationResult) -> object:
+        stages.append(outcome)
+        return optimize(model, outcome.last_image, ClassScore(0), steps=3, seed=0) if len(stages) == 1 else None
+
+    live = Run(optimize(model, start_image(), ClassScore(0), steps=2, seed=0), list, next_stage=next_stage)
+    records = list(live)
+    assert [(p.stage, p.step) for p in records] == [(0, 1), (0, 2), (1, 1), (1, 2), (1, 3)]
+    outcomes = live.result()
+    assert [o.steps for o in outcomes] == [2, 3] and len(stages) == 2
+    # the second stage started where the first ended
+    torch.testing.assert_close(records[2].image, run(model, outcomes[0].last_image, ClassScore(0), steps=1,
+                                                     seed=0).last_image)
+
+
+def test_run_stop_and_ctrl_c_end_the_run_without_later_stages():
+    model = tiny_model()
+    made = []
+
+    def next_stage(outcome: OptimizationResult) -> object:
+        made.append(outcome)
+        return optimize(model, outcome.last_image, ClassScore(0), steps=3, seed=0)
+
+    live = Run(optimize(model, start_image(), ClassScore(0), steps=5, seed=0), list, next_stage=next_stage)
+    next(live)
+    live.stop()
+    outcomes = live.result()
+    assert [(o.steps, o.stop_reason) for o in outcomes] == [(1, "stopped")] and made == []
+
+    def interrupt(progress) -> bool:
+        if progress.step == 2:
+            raise KeyboardInterrupt
+        return False
+
+    live = Run(optimize(model, start_image(), ClassScore(0), steps=5, seed=0, should_stop=interrupt), list,
+               next_stage=next_stage)
+    outcomes = live.result()
+    assert [(o.steps, o.stop_reason) for o in outcomes] == [(2, "interrupted")] and made == []
+    assert not has_hooks(model.network)
+
+
+def test_finished_form_has_the_live_forms_arguments_and_returns_the_result():
+    import inspect
+
+    def live_technique(model: VizModel, image: torch.Tensor, target: int | None = None, *, steps: int = 2) -> Run:
+        """Doc of the live form."""
+        return Run(optimize(model, image, ClassScore(target or 0), steps=steps, seed=0), lambda outcomes: outcomes[-1])
+
+    technique = finished(live_technique, "technique")
+    assert technique.__name__ == "technique" and "Doc of the live form." in technique.__doc__
+    assert list(inspect.signature(technique).parameters) == ["model", "image", "target", "steps"]
+    result = technique(tiny_model(), start_image(), steps=3)
+    assert isinstance(result, OptimizationResult) and result.steps == 3
+
+
+def test_loop_defaults_live_in_one_place_and_unknown_options_are_named():
+    optimization = optimize(tiny_model(), start_image(), ClassScore(0))
+    defaults = LoopSettings()
+    assert (optimization.steps, optimization.lr, optimization.every) == (defaults.steps, defaults.lr, defaults.every)
+    with pytest.raises(TypeError, match=r"Unknown optimize\(\) option\(s\): stepz\. Choose from: steps, "):
+        optimize(tiny_model(), start_image(), ClassScore(0), stepz=3)
