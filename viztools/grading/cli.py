@@ -6,10 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from viztools.grading.build import BuildError, build_exercises, check_sync
-from viztools.grading.grade import DEFAULT_CELL_TIMEOUT, grade_notebook
-from viztools.grading.notebooks import NotebookError
-from viztools.grading.report import report_as_json, report_as_text
+# The grading machinery (nbformat, pytest) is imported inside the subcommands, so that building the parser
+# (for `viztools --help`) stays quick.
 
 #: Exit codes of ``viztools grade``: every check passed / some check failed / a notebook could not be graded.
 EXIT_PASSED, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
@@ -27,6 +25,9 @@ def _positive_seconds(text: str) -> float:
 
 def run_build_exercises(args: argparse.Namespace) -> int:
     """Generate exercises and keys, or with ``--check`` report drift (exit 1) without writing anything."""
+    from viztools.grading.build import BuildError, build_exercises, check_sync
+    from viztools.grading.notebooks import NotebookError
+
     try:
         if args.check:
             problems = check_sync(args.solutions, args.exercises, args.keys)
@@ -47,7 +48,11 @@ def run_build_exercises(args: argparse.Namespace) -> int:
 
 def run_grade(args: argparse.Namespace) -> int:
     """Grade each notebook; print text (or ``--json``); exit 0 only when every check of every notebook passed."""
-    reports = [grade_notebook(path, key_dir=args.key, cell_timeout=args.timeout) for path in args.paths]
+    from viztools.grading.grade import DEFAULT_CELL_TIMEOUT, grade_notebook
+    from viztools.grading.report import report_as_json, report_as_text
+
+    timeout = DEFAULT_CELL_TIMEOUT if args.timeout is None else args.timeout
+    reports = [grade_notebook(path, key_dir=args.key, cell_timeout=timeout) for path in args.paths]
     if args.json:
         print(report_as_json(reports))
     else:
@@ -82,8 +87,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     grade.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="notebook(s) to grade")
     grade.add_argument("--json", action="store_true", help="print a machine-readable report")
-    grade.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_CELL_TIMEOUT, metavar="SECONDS",
-                       help="seconds each cell may run (default: %(default)g)")
+    grade.add_argument("--timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                       help="seconds each cell may run (default: 60)")
     grade.add_argument("--key", type=Path, default=None, metavar="DIR",
                        help="folder of grading keys (default: the built-in keys)")
     grade.set_defaults(run=run_grade)
