@@ -80,7 +80,7 @@ def test_glyphs_stand_out_from_the_background():
 def test_shipped_weights_metadata_records_95_percent():
     metadata = json.loads(GLYPHNET_WEIGHTS.with_suffix(".json").read_text())
     assert metadata["held_out_images"] >= 2000 and metadata["held_out_accuracy"] >= 0.95
-    assert metadata["classes"] == list(CLASS_NAMES)
+    assert metadata["categories"] == list(CLASS_NAMES) and metadata["input_size"] == 64
 
 
 @pytest.mark.slow
@@ -101,4 +101,7 @@ def test_training_is_deterministic_and_loadable(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     model = viztools.load_model("glyphnet", weights=tmp_path / "a.pt")
     assert model.weights_source == str(tmp_path / "a.pt")
-    assert json.loads((tmp_path / "a.json").read_text())["held_out_accuracy"] == first.held_out_accuracy
+    metadata = json.loads((tmp_path / "a.json").read_text())
+    assert metadata["held_out_accuracy"] == first.held_out_accuracy
+    assert (model.categories, model.input_size) == (metadata["categories"], metadata["input_size"])
+    assert (list(model.mean), list(model.std)) == (metadata["mean"], metadata["std"])

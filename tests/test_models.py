@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
+import warnings
 
 import pytest
 import torch
@@ -24,6 +26,24 @@ def test_glyphnet_is_ready_for_visualization(glyphnet):
     for name in glyphnet.layers:
         assert isinstance(glyphnet.layer(name), nn.Module)
     assert glyphnet.weights_source == "built-in"
+
+
+def test_glyphnet_metadata_travels_with_its_weights(glyphnet, tmp_path):
+    metadata = json.loads(models.GLYPHNET_WEIGHTS.with_suffix(".json").read_text())
+    assert glyphnet.categories == metadata["categories"] and glyphnet.input_size == metadata["input_size"]
+    assert list(glyphnet.mean) == metadata["mean"] and list(glyphnet.std) == metadata["std"]
+    assert viztools.load_model("glyphnet", weights="random").categories == metadata["categories"]
+    # Weights elsewhere bring their own json; it, not a constant in the code, names the classes.
+    shutil.copy(models.GLYPHNET_WEIGHTS, tmp_path / "renamed.pt")
+    renamed = {**metadata, "categories": [name.upper() for name in metadata["categories"]], "mean": [0.4] * 3}
+    (tmp_path / "renamed.json").write_text(json.dumps(renamed))
+    model = viztools.load_model("glyphnet", weights=tmp_path / "renamed.pt")
+    assert model.categories[0] == "SUN" and model.mean == (0.4, 0.4, 0.4)
+    shutil.copy(models.GLYPHNET_WEIGHTS, tmp_path / "bare.pt")  # no json beside it: the shipped metadata
+    assert viztools.load_model("glyphnet", weights=tmp_path / "bare.pt").categories == metadata["categories"]
+    (tmp_path / "renamed.json").write_text(json.dumps({"categories": ["a"]}))
+    with pytest.raises(ValueError, match=r"lacks input_size, mean, std.*viztools train-glyphnet"):
+        viztools.load_model("glyphnet", weights=tmp_path / "renamed.pt")
 
 
 def test_call_normalizes_inside_and_checks_shape(glyphnet):
@@ -167,6 +187,10 @@ def test_auto_falls_back_to_glyphnet_with_a_note(monkeypatch, tmp_path):
     with pytest.warns(UserWarning, match="uses GlyphNet"):
         model = viztools.load_model("auto")
     assert model.name == "glyphnet" and "VIZTOOLS_WEIGHTS_DIR" in model.note
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = viztools.load_model("auto", quiet=True)
+    assert quiet.name == "glyphnet" and quiet.note == model.note
 
 
 @pytest.mark.imagenet

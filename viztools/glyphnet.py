@@ -1,7 +1,8 @@
 """GlyphNet: the course's built-in VGG-style CNN for GlyphWorld (64x64 RGB icons, 10 classes).
 
 Plain stacks of 3x3 convolutions and max pools as in VGG (Simonyan & Zisserman 2015), except the first
-convolution, whose 7x7 kernels are large enough to show as edge and colour detectors (lecture 1).
+convolution, whose 7x7 kernels are large enough to show as edge and colour detectors (lecture 1). Its class
+names, input size and normalization travel with its weights (``weights/glyphnet.json``, read by ``load_model``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-
-GLYPHWORLD_MEAN = (0.5, 0.5, 0.5)
-GLYPHWORLD_STD = (0.25, 0.25, 0.25)
 
 #: Friendly layer name -> module path; each is the block's output after its ReLU (or pool).
 GLYPHNET_LAYERS: dict[str, str] = {

@@ -9,6 +9,7 @@ class names.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import warnings
@@ -386,7 +387,7 @@ def _check_model_name(name: str) -> None:
         )
 
 
-def load_model(name: str = "auto", weights: str | os.PathLike | None = None) -> VizModel:
+def load_model(name: str = "auto", weights: str | os.PathLike | None = None, *, quiet: bool = False) -> VizModel:
     """Load a model for visualization.
 
     Args:
@@ -395,9 +396,11 @@ def load_model(name: str = "auto", weights: str | os.PathLike | None = None) -> 
             SqueezeNet when its weights are available offline, else GlyphNet with a note.
         weights: None to find the weights (``$VIZTOOLS_WEIGHTS_DIR``, the torch hub cache, then a download
             when online), a path to a state_dict file, or ``"random"`` for an untrained network.
+        quiet: with ``"auto"``, do not warn when falling back to GlyphNet; the reason stays in ``model.note``
+            (lecture notebooks print it where they want to).
     """
     if name == "auto":
-        return _load_auto(weights)
+        return _load_auto(weights, quiet)
     _check_model_name(name)
     if name == "glyphnet":
         return _load_glyphnet(weights)
@@ -425,29 +428,51 @@ def load_model(name: str = "auto", weights: str | os.PathLike | None = None) -> 
     )
 
 
-def _load_glyphnet(weights: str | os.PathLike | None) -> VizModel:
-    from viztools.glyphnet import GLYPHNET_LAYERS, GLYPHWORLD_MEAN, GLYPHWORLD_STD, GlyphNet
-    from viztools.glyphworld import CLASS_NAMES
+def _read_glyphnet_metadata(path: str | os.PathLike) -> dict:
+    """GlyphNet's metadata (``categories``, ``input_size``, ``mean``, ``std``, training settings) from a json file.
 
-    network = GlyphNet(num_classes=len(CLASS_NAMES))
-    if weights == "random":
+    ``viztools train-glyphnet`` writes it next to the weights (``glyphnet.pt`` -> ``glyphnet.json``), as torchvision's
+    ``Weights.meta`` carry their class names and transforms.
+    """
+    path = Path(path)
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot read GlyphNet's metadata file {str(path)!r} ({error}). Recreate the weights and "
+                         "their metadata with `viztools train-glyphnet`.") from error
+    missing = [key for key in ("categories", "input_size", "mean", "std") if key not in metadata]
+    if missing:
+        raise ValueError(f"GlyphNet's metadata file {str(path)!r} lacks {', '.join(missing)}. Recreate it with "
+                         "`viztools train-glyphnet`.")
+    return metadata
+
+
+def _load_glyphnet(weights: str | os.PathLike | None) -> VizModel:
+    """GlyphNet with its class names, input size and normalization from the json beside the weights (the shipped
+    json for ``weights="random"`` or a weights file without one)."""
+    from viztools.glyphnet import GLYPHNET_LAYERS, GlyphNet
+
+    if weights is None and not GLYPHNET_WEIGHTS.is_file():
+        raise FileNotFoundError(
+            f"GlyphNet's weights are missing from the package ({GLYPHNET_WEIGHTS}). Reinstall viztools, or recreate "
+            "them with `viztools train-glyphnet`."
+        )
+    path = None if weights == "random" else GLYPHNET_WEIGHTS if weights is None else Path(weights)
+    beside = GLYPHNET_WEIGHTS.with_suffix(".json") if path is None else path.with_suffix(".json")
+    metadata = _read_glyphnet_metadata(beside if beside.is_file() else GLYPHNET_WEIGHTS.with_suffix(".json"))
+    network = GlyphNet(num_classes=len(metadata["categories"]))
+    if path is None:
         source = "random"
     else:
-        path = Path(weights) if weights is not None else GLYPHNET_WEIGHTS
-        if weights is None and not path.is_file():
-            raise FileNotFoundError(
-                f"GlyphNet's weights are missing from the package ({path}). Reinstall viztools, or recreate them "
-                "with `viztools train-glyphnet`."
-            )
         _load_into(network, read_state_dict(path), "glyphnet", str(path))
         source = "built-in" if weights is None else str(path)
     return VizModel(
         name="glyphnet",
         network=network,
-        categories=list(CLASS_NAMES),
-        input_size=64,
-        mean=GLYPHWORLD_MEAN,
-        std=GLYPHWORLD_STD,
+        categories=list(metadata["categories"]),
+        input_size=int(metadata["input_size"]),
+        mean=tuple(metadata["mean"]),
+        std=tuple(metadata["std"]),
         layers=dict(GLYPHNET_LAYERS),
         weights_source=source,
     )
@@ -456,7 +481,7 @@ def _load_glyphnet(weights: str | os.PathLike | None) -> VizModel:
 AUTO_PREFERENCE: tuple[str, ...] = ("squeezenet1_1", "squeezenet1_0")
 
 
-def _load_auto(weights: str | os.PathLike | None) -> VizModel:
+def _load_auto(weights: str | os.PathLike | None, quiet: bool) -> VizModel:
     if weights is not None:
         raise ValueError("load_model('auto') picks the weights itself; name a model to pass weights=.")
     for name in AUTO_PREFERENCE:
@@ -468,7 +493,8 @@ def _load_auto(weights: str | os.PathLike | None) -> VizModel:
         f"(64x64 icons, {len(model.categories)} classes). To use ImageNet SqueezeNet, set {WEIGHTS_DIR_ENV} to a "
         "folder holding squeezenet1_1 or squeezenet1_0 weights (see `viztools info`)."
     )
-    warnings.warn(model.note, stacklevel=2)
+    if not quiet:
+        warnings.warn(model.note, stacklevel=2)
     return model
 
 

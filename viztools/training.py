@@ -1,7 +1,8 @@
 """Train GlyphNet on GlyphWorld, deterministically, on a laptop CPU (``viztools train-glyphnet``).
 
 The weights that ship with viztools were made by :func:`train_glyphnet` with its defaults; the metadata file
-beside them records the settings and the measured held-out accuracy.
+beside them records what :func:`viztools.load_model` needs (class names, input size, the normalization used in
+training), the settings and the measured held-out accuracy.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from viztools._validation import check_float, check_int
-from viztools.glyphnet import GLYPHWORLD_MEAN, GLYPHWORLD_STD, GlyphNet
-from viztools.glyphworld import CLASS_NAMES, make_glyphworld
+from viztools.glyphnet import GlyphNet
+from viztools.glyphworld import CLASS_NAMES, IMAGE_SIZE, make_glyphworld
 from viztools.models import GLYPHNET_WEIGHTS
 
 TRAIN_SEED = 0
 HELD_OUT_SEED = 1
+#: Input normalization used in training, recorded in the metadata file (``model.mean``, ``model.std``).
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
 
 
 @dataclass
@@ -49,7 +53,7 @@ def _generate(n: int, seed: int, workers: int, progress: bool) -> tuple[torch.Te
     """
     chunk = 1000
     starts = list(range(0, n, chunk))
-    images = torch.empty(n, 3, 64, 64, dtype=torch.uint8)
+    images = torch.empty(n, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.int64)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [pool.submit(make_glyphworld, min(chunk, n - start), seed, start=start) for start in starts]
@@ -62,8 +66,8 @@ def _generate(n: int, seed: int, workers: int, progress: bool) -> tuple[torch.Te
 
 
 def _normalize(images_uint8: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(GLYPHWORLD_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(GLYPHWORLD_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
     return (images_uint8.float() / 255.0 - mean) / std
 
 
@@ -139,6 +143,7 @@ def train_glyphnet(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().clone() for k, v in network.state_dict().items()}, output)
-    metadata = {**asdict(report), "python": platform.python_version(), "classes": list(CLASS_NAMES)}
+    metadata = {**asdict(report), "python": platform.python_version(), "categories": list(CLASS_NAMES),
+                "input_size": IMAGE_SIZE, "mean": list(MEAN), "std": list(STD)}
     output.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
     return report
