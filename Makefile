@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Works as root and on machines without a browser: prints the URL (with its token) to open.
 lab: install
-	$(VENV)/bin/jupyter lab lectures/00_getting_started.ipynb
+	$(VENV)/bin/viztools lab lectures
 
 # Debian's Chromium for the browser test (Playwright's own browser download does not work offline).
 browser-deps:
@@ -42,6 +43,7 @@ exercises: install
 benchmarks: install
 	$(PY) benchmarks/bench_occlusion.py
 	$(PY) benchmarks/bench_style.py
+	$(PY) benchmarks/bench_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-output
