@@ -281,7 +281,7 @@ def plot_tsne_grid(embedding: Embedding, *, grid: TsneGrid | None = None, ax: Ax
     ``tsne_grid(embedding)``)."""
     grid = tsne_grid(embedding) if grid is None else grid
     image = tsne_grid_image(embedding, grid)
-    figure, ax = figure_and_axes(ax, figsize=(8, 8 * grid.rows / grid.columns))
+    figure, ax = figure_and_axes(ax, figsize=(10, 10 * grid.rows / grid.columns))
     ax.imshow(image, interpolation="antialiased")
     ax.set_title(f"t-SNE grid of {embedding.layer} features ({len(grid.cells)} images)", fontsize=10)
     ax.set_axis_off()
