@@ -16,15 +16,16 @@ from viztools.plotting import axes_grid, figure_and_axes, new_figure, show_image
 def test_show_images_draws_each_image_with_its_title() -> None:
     batch = torch.rand(5, 3, 6, 8)
     array = np.random.default_rng(0).random((6, 8, 3))
-    images = [batch[0], batch[1:2], array, (array * 255).astype(np.uint8), array[..., 0]]
-    figure = show_images(images, ["a", "b", "c", "d", "e"], columns=3)
-    assert isinstance(figure, Figure) and len(figure.axes) == 5
+    images = [batch[0], batch[1:2], array, (array * 255).astype(np.uint8), array[..., 0], batch[2, 0]]
+    figure = show_images(images, ["a", "b", "c", "d", "e", "f"], columns=3, cmap="inferno")
+    assert isinstance(figure, Figure) and len(figure.axes) == 6
     assert figure.axes[0].get_subplotspec().get_geometry()[:2] == (2, 3)
-    assert [ax.get_title() for ax in figure.axes] == ["a", "b", "c", "d", "e"]
+    assert [ax.get_title() for ax in figure.axes] == ["a", "b", "c", "d", "e", "f"]
     drawn = [ax.get_images()[0] for ax in figure.axes]
     assert np.array_equal(drawn[0].get_array(), to_numpy_image(batch[0]))
     assert np.array_equal(drawn[1].get_array(), to_numpy_image(batch[1]))
-    assert np.array_equal(drawn[2].get_array(), array) and drawn[4].get_cmap().name == "gray"
+    assert np.array_equal(drawn[2].get_array(), array) and drawn[4].get_cmap().name == "inferno"
+    assert np.array_equal(drawn[5].get_array(), batch[2, 0].numpy()) and drawn[5].get_cmap().name == "inferno"
     assert len(show_images(batch).axes) == 5  # a batch tensor is a list of images; default up to 8 per row
 
 

@@ -74,9 +74,9 @@ def axes_grid(
 
 
 def _as_array(image: object, index: int) -> np.ndarray:
-    """A pixel tensor or an ``(H, W, 3)`` / ``(H, W)`` array -> an array for ``imshow``."""
+    """A pixel tensor, an ``(H, W)`` tensor or an ``(H, W, 3)`` / ``(H, W)`` array -> an array for ``imshow``."""
     if isinstance(image, torch.Tensor):
-        return to_numpy_image(image)
+        return image.detach().float().cpu().numpy() if image.dim() == 2 else to_numpy_image(image)
     array = np.asarray(image)
     if (array.ndim == 3 and array.shape[2] == 3) or array.ndim == 2:
         return array
@@ -108,7 +108,8 @@ def show_images(
     """Draw images in a grid, ``columns`` per row (default: up to 8), each with its title; return the Figure.
 
     ``images``: a batch ``(N, 3, H, W)`` of pixels, or a list of pixel tensors ``(1, 3, H, W)`` / ``(3, H, W)``
-    and ``(H, W, 3)`` arrays (``(H, W)`` arrays are drawn with ``cmap``, scaled to their range). Titles are
+    and ``(H, W, 3)`` arrays (``(H, W)`` arrays or tensors, such as saliency maps, are drawn with ``cmap``, scaled
+    to their range). Titles are
     wrapped to the panel's width, and the layout leaves them room, so they never overlap the row above.
     ``same_scale=True`` draws every image at the same pixel size (a smaller image looks smaller, centred in its
     panel) instead of stretching each to the panel. ``row_labels`` label the rows on the left, ``suptitle`` the
