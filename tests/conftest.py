@@ -31,6 +31,15 @@ def glyphnet() -> VizModel:
 
 
 @pytest.fixture(scope="session")
+def random_glyphnet() -> VizModel:
+    """GlyphNet with random weights (seed 0), shared by every test: techniques must leave it as it was, which
+    tests/test_hygiene.py checks for each of them. Tests that modify a model build their own."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return viztools.load_model("glyphnet", weights="random")
+
+
+@pytest.fixture(scope="session")
 def imagenet_squeezenet() -> VizModel:
     path = shared_weights_path()
     if path is None:
