@@ -66,9 +66,10 @@ class IncrementalInference:
             reference = None
             test_boxes = (boxes * 2)[:2]  # a batch of two catches batch sizes baked into the recording
             if program.problem is None:
-                corners = torch.zeros(len(test_boxes), dtype=torch.long)
-                reference = network(_occluded_windows(image, fill, test_boxes, corners, corners, *image.shape[2:])
-                                    .contiguous())
+                occluded = image.repeat(len(test_boxes), 1, 1, 1)
+                for i, (top, bottom, left, right) in enumerate(test_boxes):
+                    occluded[i, :, top:bottom, left:right] = fill[0, :, top:bottom, left:right]
+                reference = network(occluded)
             self._plan = _IncrementalPlan.build(program, fill, boxes, test_boxes, reference)
         self._fill = fill
         self.reason: str | None = self._plan.reason
@@ -449,20 +450,6 @@ def _flat(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map[0].permute(1, 2, 0).reshape(-1, feature_map.shape[1]).contiguous()
 
 
-def _occluded_windows(image: torch.Tensor, fill: torch.Tensor, boxes: list[Box], tops: torch.Tensor,
-                      lefts: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``(B, C, height, width)`` windows (channels-last strides) of the occluded images at per-image corners."""
-    map_width = image.shape[3]
-    clean_windows = _gather(_flat(image), map_width, tops, lefts, height, width)
-    fill_windows = _gather(_flat(fill), map_width, tops, lefts, height, width)
-    rows = torch.arange(height).view(1, height) + tops.view(-1, 1)
-    cols = torch.arange(width).view(1, width) + lefts.view(-1, 1)
-    box = torch.tensor(boxes)
-    inside_rows = (rows >= box[:, 0:1]) & (rows < box[:, 1:2])
-    inside_cols = (cols >= box[:, 2:3]) & (cols < box[:, 3:4])
-    inside = (inside_rows[:, :, None, None] & inside_cols[:, None, :, None]).to(image.device)
-    return torch.where(inside, fill_windows, clean_windows).permute(0, 3, 1, 2)
-
 
 
 class _IncrementalPlan:
@@ -628,7 +615,19 @@ class _IncrementalPlan:
                       corners: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The occluded images inside the image's windows."""
         image = self.program.image
-        return _occluded_windows(self.clean[image], fill, boxes, *corners, *self.sizes[image])
+        height, width = self.sizes[image]
+        tops, lefts = corners
+        clean = self.clean[image]
+        map_width = clean.shape[3]
+        clean_windows = _gather(_flat(clean), map_width, tops, lefts, height, width)
+        fill_windows = _gather(_flat(fill), map_width, tops, lefts, height, width)
+        rows = torch.arange(height).view(1, height) + tops.view(-1, 1)
+        cols = torch.arange(width).view(1, width) + lefts.view(-1, 1)
+        box = torch.tensor(boxes)
+        inside_rows = (rows >= box[:, 0:1]) & (rows < box[:, 1:2])
+        inside_cols = (cols >= box[:, 2:3]) & (cols < box[:, 3:4])
+        inside = (inside_rows[:, :, None, None] & inside_cols[:, None, :, None]).to(clean.device)
+        return torch.where(inside, fill_windows, clean_windows).permute(0, 3, 1, 2)
 
     def _input_crop(self, source: _Call, op: _LocalOp, corners: tuple[torch.Tensor, torch.Tensor],
                     source_values: torch.Tensor, source_corners: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
