@@ -310,6 +310,8 @@ def test_inputs_a_new_user_might_try_raise_errors_naming_the_fix(entry: object, 
         entry(glyphnet, torch.rand(1, 3, 8, 8), 0)
     with pytest.raises(ValueError, match="patch_size"):
         entry(glyphnet, image, 0, patch_size=65)  # checked when called, also for the coarse-to-fine generator
+    with pytest.raises(ValueError, match="Unknown class name"):
+        entry(glyphnet, image, "unicorn")
 
 
 @pytest.mark.parametrize("method", ["naive", "batched", "incremental"])

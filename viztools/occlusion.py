@@ -244,6 +244,7 @@ def occlusion_coarse_to_fine(
     if coarse_stride is None:
         coarse_stride = fine.stride * math.ceil(fine.patch_size / fine.stride)
     coarse = dataclasses.replace(fine, stride=check_int(coarse_stride, "coarse_stride", low=1))
+    target = model.resolve_target(target, pixels)
     return _coarse_to_fine(model, pixels, target, coarse, fine, check_stop_callback(should_stop))
 
 
@@ -330,7 +331,7 @@ def _check_options(pixels: torch.Tensor, patch_size: int | None, stride: int | N
     )
 
 
-def _coarse_to_fine(model: VizModel, pixels: torch.Tensor, target: int | str | None, coarse: _Options,
+def _coarse_to_fine(model: VizModel, pixels: torch.Tensor, target: int, coarse: _Options,
                     fine: _Options, should_stop: StopCallback | None) -> Iterator[OcclusionResult]:
     height, width = pixels.shape[2:]
     coarse_rows = patch_starts(height, coarse.patch_size, coarse.stride, coarse.edges)
@@ -345,7 +346,7 @@ def _coarse_to_fine(model: VizModel, pixels: torch.Tensor, target: int | str | N
     yield first
     known = {(r, c): float(first.probability[i, j])
              for i, r in enumerate(first.row_starts) for j, c in enumerate(first.col_starts)}
-    yield _run_occlusion(model, pixels, first.target, fine, should_stop, known=known,
+    yield _run_occlusion(model, pixels, target, fine, should_stop, known=known,
                          offset=coarse_count - reused, total=total)
 
 
