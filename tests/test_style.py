@@ -23,11 +23,10 @@ from viztools.style import (
 STYLE_LAYERS = ["conv1", "conv2", "conv3"]
 
 
-@pytest.fixture(scope="module")
-def model() -> viztools.VizModel:
-    """GlyphNet with fixed random weights: style transfer only needs feature maps, not a trained classifier."""
-    torch.manual_seed(0)
-    return viztools.load_model("glyphnet", weights="random")
+@pytest.fixture
+def model(random_glyphnet: viztools.VizModel) -> viztools.VizModel:
+    """The shared random-weight GlyphNet (tests/conftest.py): style transfer only needs feature maps."""
+    return random_glyphnet
 
 
 def image(seed: int, size: int = 32) -> torch.Tensor:
@@ -226,32 +225,6 @@ def test_same_seed_same_image_other_seed_differs(model) -> None:
     assert not torch.equal(first.image, other.image)
 
 
-def test_hooks_removed_and_model_unchanged_after_run_and_after_error(model) -> None:
-    probe = image(7, size=64).requires_grad_(True)
-    model(probe)[0, 3].backward()
-    gradient_before = probe.grad.clone()
-    parameters_before = [p.clone() for p in model.network.parameters()]
-
-    run_short(model, steps=2)
-    assert not has_hooks(model.network)
-
-    def fail(progress: object) -> bool:
-        raise RuntimeError("callback failed")
-
-    with pytest.raises(RuntimeError, match="callback failed"):
-        run_short(model, steps=2, should_stop=fail)
-    with pytest.raises(ValueError, match=r"'fc1' has no spatial positions.*convolutional layers"):
-        style_transfer(model, image(1, size=64), image(2, size=64), style_layers=["conv1", "fc1"])
-    assert not has_hooks(model.network)
-
-    probe.grad = None
-    model(probe)[0, 3].backward()
-    assert torch.equal(probe.grad, gradient_before)
-    assert all(torch.equal(a, b) for a, b in zip(parameters_before, model.network.parameters(), strict=True))
-    assert not model.network.training
-    assert not any(p.requires_grad for p in model.network.parameters())
-
-
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
@@ -292,6 +265,8 @@ def test_bad_images_raise_errors_that_say_what_to_do(model) -> None:
         style_transfer(model, image(1), image(2, size=4))
     with pytest.raises(ValueError, match=r"style image \(40x40 px\).*'fc1'.*exactly the input size \(64 px\)"):
         style_transfer(model, image(1), image(2, size=40), style_layers=["conv1", "fc1"])
+    with pytest.raises(ValueError, match=r"'fc1' has no spatial positions.*convolutional layers"):
+        style_transfer(model, image(1, size=64), image(2, size=64), style_layers=["conv1", "fc1"])
     assert not has_hooks(model.network)
 
 
