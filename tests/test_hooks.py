@@ -17,11 +17,6 @@ from viztools.hooks import (
 )
 
 
-@pytest.fixture(scope="module")
-def random_glyphnet():
-    return viztools.load_model("glyphnet", weights="random")
-
-
 def test_get_activations_match_a_manual_forward(glyphnet):
     pixels = torch.rand(4, 3, 64, 64)
     acts = get_activations(glyphnet, pixels, ["conv1", "pool2", "fc1"])
