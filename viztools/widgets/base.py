@@ -33,7 +33,7 @@ from viztools._validation import check_float, check_model
 from viztools.models import VizModel
 from viztools.optimize import Progress, Run
 from viztools.widgets._common import BackgroundRunner, ErrorBox, Job, ProgressBar, png_bytes
-from viztools.widgets.controls import header_html
+from viztools.widgets.controls import ImagePicker, header_html
 
 #: Seconds between two frames of a live optimization (a few frames per second keep the kernel responsive).
 FRAME_INTERVAL = 0.25
@@ -150,9 +150,19 @@ class Explorer(ipywidgets.VBox):
         self.add_class("viztools-explorer")
 
     def on_compute(self, *controls: ipywidgets.Widget) -> None:
-        """A change of any of ``controls`` recomputes (or shows the cached result)."""
+        """A change of any of ``controls`` recomputes (or shows the cached result).
+
+        An :class:`~viztools.widgets.controls.ImagePicker` counts by its dropdown, and its upload button is
+        wired to :meth:`~viztools.widgets.controls.ImagePicker.take_upload` (a file that is not an image shows
+        its error in the widget).
+        """
         for control in controls:
-            control.observe(lambda change: self._guarded(self.refresh, "Updating"), names="value")
+            if isinstance(control, ImagePicker):
+                control.upload.observe(lambda change, picker=control: self._guarded(picker.take_upload, "Uploading"),
+                                       names="value")
+                control = control.dropdown
+            control.observe(lambda change: change["new"] is None or self._guarded(self.refresh, "Updating"),
+                            names="value")
 
     def on_display(self, *controls: ipywidgets.Widget) -> None:
         """A change of any of ``controls`` redraws the result on display."""

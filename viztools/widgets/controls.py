@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import io
+from collections.abc import Hashable
 
 import ipywidgets
 import numpy as np
@@ -87,22 +88,26 @@ class LayerPicker(ipywidgets.Dropdown):
 class ImagePicker(ipywidgets.HBox):
     """The course's example images in a dropdown, plus the user's own file through ``ipywidgets.FileUpload``.
 
-    ``pixels`` is the chosen image at ``size`` (the model's input size by default), a ``(1, 3, S, S)`` tensor.
-    An upload that is not an image raises a ValueError saying which files work.
+    ``pixels`` is the chosen image at ``size`` (the model's input size by default), a ``(1, 3, S, S)`` tensor;
+    ``key`` names it for a cache key (each upload its own) and ``pixels_for(key)`` gives it back later, so a
+    background computation uses the image it was started for. An upload that is not an image raises a
+    ValueError saying which files work. An explorer wires the upload button when the picker is passed to
+    ``on_compute``.
     """
 
     def __init__(self, initial: object = "cat", *, size: int, description: str = "image") -> None:
         self.size = size
         names = example_image_names()
-        self._uploaded: torch.Tensor | None = None
+        self.uploads = 0  # uploads taken so far: the n-th upload's key is (UPLOADED, n)
+        self._loaded: dict[Hashable, torch.Tensor] = {}
         if isinstance(initial, torch.Tensor):
-            self._uploaded = load_image(initial, size=size)
+            self._loaded[UPLOADED, 0] = load_image(initial, size=size)
             value = UPLOADED
             names = [UPLOADED, *names]
         else:
             value = str(initial)
             if value not in names:
-                self._uploaded = load_image(initial, size=size)  # a path or an array: its own entry
+                self._loaded[UPLOADED, 0] = load_image(initial, size=size)  # a path or an array: its own entry
                 names = [UPLOADED, *names]
                 value = UPLOADED
         self.dropdown = ipywidgets.Dropdown(options=names, value=value, description=description,
@@ -117,11 +122,20 @@ class ImagePicker(ipywidgets.HBox):
         return self.dropdown.value
 
     @property
+    def key(self) -> Hashable:
+        """The chosen image's identity for cache keys: its name, or ``(UPLOADED, n)`` for the n-th upload."""
+        return (UPLOADED, self.uploads) if self.dropdown.value == UPLOADED else self.dropdown.value
+
+    @property
     def pixels(self) -> torch.Tensor:
         """The chosen image as ``(1, 3, size, size)`` pixels in [0, 1]."""
-        if self.dropdown.value == UPLOADED:
-            return self._uploaded
-        return load_image(self.dropdown.value, size=self.size)
+        return self.pixels_for(self.key)
+
+    def pixels_for(self, key: Hashable) -> torch.Tensor:
+        """The pixels of the image that was chosen under ``key`` (loaded once, kept)."""
+        if key not in self._loaded:
+            self._loaded[key] = load_image(key, size=self.size)
+        return self._loaded[key]
 
     def take_upload(self) -> None:
         """Read the file in the upload button and select it; a file that is not an image raises ValueError."""
@@ -131,7 +145,9 @@ class ImagePicker(ipywidgets.HBox):
         upload = files[-1]
         name = upload["name"] if isinstance(upload, dict) else upload.name
         content = upload["content"] if isinstance(upload, dict) else upload.content
-        self._uploaded = decode_upload(bytes(content), name, self.size)
+        pixels = decode_upload(bytes(content), name, self.size)
+        self.uploads += 1
+        self._loaded[UPLOADED, self.uploads] = pixels
         if UPLOADED not in self.dropdown.options:
             self.dropdown.options = [UPLOADED, *self.dropdown.options]
         if self.dropdown.value == UPLOADED:
