@@ -34,6 +34,12 @@ test: install browser-deps
 	$(VENV)/bin/viztools build-exercises --check
 	$(PY) -m pytest tests lectures --nbval-lax --nbval-current-env --nbval-cell-timeout=600 $(PYTEST_ARGS)
 
+# The development loop: lint and the unit tests, without the slow ones (@pytest.mark.slow) and the browser test.
+.PHONY: test-fast
+test-fast: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest tests -m "not slow and not browser" $(PYTEST_ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check .
 
