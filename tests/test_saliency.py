@@ -422,7 +422,7 @@ def test_images_that_are_not_pixels_are_rejected(glyph: VizModel, glyph_image: t
         function(glyph, torch.full_like(glyph_image, float("nan")))
     with pytest.raises(ValueError, match="divide by 255"):
         function(glyph, glyph_image * 255)
-    with pytest.raises(TypeError, match="not a plain torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
         function(glyph.network, glyph_image)
     with pytest.raises(ValueError, match="NaN or infinite"):
         neuron_gradient(glyph, torch.full_like(glyph_image, float("nan")), "conv1", 0)
