@@ -2,7 +2,8 @@
 
 One parametrized test replaces the per-file copies of these checks (CONTRIBUTING.md, "Hooks"): no hook remains on
 any module, the torch function-mode (and dispatch-mode) stack is empty, weights, ``requires_grad``, eval mode and the
-out-of-place ReLUs are unchanged, and the model's plain input gradients are bit-for-bit the same as before.
+out-of-place ReLUs are unchanged, the model's plain input gradients are bit-for-bit the same as before, and the
+images passed in are unchanged.
 
 A technique is made to fail from inside: its first convolution raises on its n-th forward call (so hooks, ReLU
 rules and recording modes are in place when it raises), and, for techniques that take ``should_stop=``, the
@@ -76,6 +77,7 @@ class Case:
 
 IMAGE, OTHER = pixels(1), pixels(2)
 IMAGES = pixels(3, count=6)
+INPUTS = {"image": IMAGE, "second image": OTHER, "image batch": IMAGES}
 
 
 def stop_kw(should_stop: Stop) -> dict:
@@ -167,10 +169,12 @@ def plain_input_gradients(model: VizModel) -> tuple[torch.Tensor, torch.Tensor]:
 class Snapshot:
     state: dict[str, torch.Tensor]
     gradients: tuple[torch.Tensor, torch.Tensor]
+    inputs: dict[str, torch.Tensor]
 
     @classmethod
     def of(cls, model: VizModel) -> Snapshot:
-        return cls({k: v.detach().clone() for k, v in model.network.state_dict().items()}, plain_input_gradients(model))
+        state = {k: v.detach().clone() for k, v in model.network.state_dict().items()}
+        return cls(state, plain_input_gradients(model), {name: t.clone() for name, t in INPUTS.items()})
 
 
 def assert_left_as_it_was(model: VizModel, before: Snapshot, when: str) -> None:
@@ -195,6 +199,9 @@ def assert_left_as_it_was(model: VizModel, before: Snapshot, when: str) -> None:
     after = plain_input_gradients(model)
     for path, old, new in zip(("model(pixels)", "model.network"), before.gradients, after, strict=True):
         assert torch.equal(new, old), f"{when}: the plain input gradient through {path} changed"
+    for name, tensor in INPUTS.items():
+        assert torch.equal(tensor, before.inputs[name]), f"{when}: the {name} passed in was modified"
+        assert not tensor.requires_grad, f"{when}: the {name} passed in was left with requires_grad=True"
 
 
 @dataclass
@@ -251,28 +258,29 @@ def raise_on_second_call() -> Callable[[object], bool]:
 # --------------------------------------------------------------------------------------------------------------
 
 
+PUBLIC_TECHNIQUES = {
+    patches: ["top_activating_patches", "top_activating_patches_grid"],
+    filters: ["filter_grid"],
+    embeddings: ["tsne_embedding", "layer_features"],
+    occlusion: ["occlusion", "occlusion_coarse_to_fine"],
+    saliency: ["saliency", "guided_backprop", "deconvnet", "neuron_gradient"],
+    class_visualization: ["class_visualization", "class_visualization_optimization"],
+    inversion: ["invert_features", "invert_features_optimization"],
+    deepdream: ["deepdream", "deepdream_optimization"],
+    style: ["style_transfer", "style_transfer_optimization"],
+    adversarial: ["fooling_image", "fooling_image_optimization", "fgsm", "iterative_fgsm", "unrecognizable_image",
+                  "unrecognizable_image_optimization"],
+}
+
+
 def test_every_public_technique_has_a_case() -> None:
-    """A new technique (or a renamed one) must be added to CASES."""
-    covered = {case.name.split("[")[0] for case in CASES}
-    expected = {
-        f"{module.__name__.removeprefix('viztools.')}.{name}"
-        for module, names in [
-            (patches, ["top_activating_patches", "top_activating_patches_grid"]),
-            (filters, ["filter_grid"]),
-            (embeddings, ["tsne_embedding", "layer_features"]),
-            (occlusion, ["occlusion", "occlusion_coarse_to_fine"]),
-            (saliency, ["saliency", "guided_backprop", "deconvnet", "neuron_gradient"]),
-            (class_visualization, ["class_visualization", "class_visualization_optimization"]),
-            (inversion, ["invert_features", "invert_features_optimization"]),
-            (deepdream, ["deepdream", "deepdream_optimization"]),
-            (style, ["style_transfer", "style_transfer_optimization"]),
-            (adversarial, ["fooling_image", "fooling_image_optimization", "fgsm", "iterative_fgsm",
-                           "unrecognizable_image", "unrecognizable_image_optimization"]),
-        ]
-        for name in names
-        if callable(getattr(module, name, None))
-    }
-    assert covered == expected
+    """A renamed technique fails here; a new one must be added to PUBLIC_TECHNIQUES and CASES."""
+    missing = [f"{module.__name__}.{name}" for module, names in PUBLIC_TECHNIQUES.items() for name in names
+               if not callable(getattr(module, name, None))]
+    assert not missing, f"no longer in viztools: {missing}; update PUBLIC_TECHNIQUES and CASES"
+    expected = {f"{module.__name__.removeprefix('viztools.')}.{name}"
+                for module, names in PUBLIC_TECHNIQUES.items() for name in names}
+    assert {case.name.split("[")[0] for case in CASES} == expected
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
