@@ -36,16 +36,18 @@ def loss_curves(
     names = list(names if names is not None else (history[0] if history else {}))
     series = {name: [record.get(name, math.nan) for record in history] for name in names}
     values = [v for line in series.values() for v in line if math.isfinite(v) and (v > 0 or not log)]
-    left, top = 8 + 5 * font_size // 2 + 8, font_size + 10
+    transform = (lambda v: math.log10(v)) if log else (lambda v: v)
+    low, high = (transform(min(values)), transform(max(values))) if values else (0.0, 1.0)
+    if high - low < 1e-9:
+        low, high = low - 0.5, high + 0.5
+    tick_labels = {v: f"{10 ** v:.2g}" if log else f"{v:.3g}" for v in (low, high)}
+    left = 8 + max(5 * font_size // 2, *(round(small.getlength(text)) for text in tick_labels.values())) + 8
+    top = font_size + 10
     legend_height = (font_size + 4) * math.ceil(len(names) / 2) if names else 0
     bottom, right = height - font_size - 8 - legend_height, width - 8
     draw.rectangle((left, top, right, bottom), outline=TEXT_COLOUR)
     if not values or len(history) < 1 or bottom - top < 10:
         return np.asarray(canvas)
-    transform = (lambda v: math.log10(v)) if log else (lambda v: v)
-    low, high = transform(min(values)), transform(max(values))
-    if high - low < 1e-9:
-        low, high = low - 0.5, high + 0.5
     steps = max(len(history) - 1, 1)
 
     def point(step: int, value: float) -> tuple[float, float]:
@@ -53,8 +55,7 @@ def loss_curves(
         y = bottom - (bottom - top) * (transform(value) - low) / (high - low)
         return x, y
 
-    for label_value in (low, high):
-        text = f"{10 ** label_value:.2g}" if log else f"{label_value:.3g}"
+    for label_value, text in tick_labels.items():
         y = bottom - (bottom - top) * (label_value - low) / (high - low)
         draw.text((left - 4, y), text, fill=TEXT_COLOUR, font=small, anchor="rm")
     draw.text((left, bottom + 3), "1", fill=TEXT_COLOUR, font=small, anchor="lt")
