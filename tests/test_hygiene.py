@@ -89,7 +89,9 @@ CASES = [
         m, IMAGES, "conv3", 1, k=2, batch_size=2), fail_at=2, active="hooks"),
     Case("patches.top_activating_patches_grid", lambda m, s: patches.top_activating_patches_grid(
         m, IMAGES, "conv2", [0, 3], k=2, batch_size=2), fail_at=2, active="hooks"),
-    Case("filters.filter_grid", lambda m, s: filters.filter_grid(m, "pool2"), fail_at=1, active="hooks"),
+    Case("filters.filter_grid", lambda m, s: (  # conv1: the weights only; pool3: a traced forward finds its conv
+        filters.plot_filters(filters.filter_grid(m, "conv1")), filters.filter_grid(m, "pool3", normalize="global")),
+        fail_at=1, active="hooks"),
     Case("embeddings.tsne_embedding", lambda m, s: embeddings.tsne_embedding(
         m, IMAGES, "conv3", perplexity=2, pca_dims=None, batch_size=2), fail_at=2, active="hooks"),
     Case("embeddings.layer_features", lambda m, s: embeddings.layer_features(
@@ -104,6 +106,11 @@ CASES = [
         m, IMAGE, 3, patch_size=16, stride=8, coarse_stride=16, batch_size=4, method="incremental", **stop_kw(s))),
         fail_at=9, active="mode", stoppable=True),
     Case("saliency.saliency", lambda m, s: saliency.saliency(m, IMAGE, 3), fail_at=1, active="nothing"),
+    *[
+        Case(f"saliency.input_gradient[{rule}]", lambda m, s, rule=rule: saliency.input_gradient(
+            m, IMAGE, 3, rule=rule), fail_at=1, active="nothing" if rule == "plain" else "mode")
+        for rule in ("plain", "guided")
+    ],
     Case("saliency.guided_backprop", lambda m, s: saliency.guided_backprop(m, IMAGE, 3), fail_at=1, active="mode"),
     Case("saliency.deconvnet", lambda m, s: saliency.deconvnet(m, IMAGE), fail_at=2, active="mode"),
     *[
@@ -263,7 +270,7 @@ PUBLIC_TECHNIQUES = {
     filters: ["filter_grid"],
     embeddings: ["tsne_embedding", "layer_features"],
     occlusion: ["occlusion", "occlusion_coarse_to_fine"],
-    saliency: ["saliency", "guided_backprop", "deconvnet", "neuron_gradient"],
+    saliency: ["saliency", "guided_backprop", "deconvnet", "input_gradient", "neuron_gradient"],
     class_visualization: ["class_visualization", "class_visualization_optimization"],
     inversion: ["invert_features", "invert_features_optimization"],
     deepdream: ["deepdream", "deepdream_optimization"],
