@@ -431,3 +431,13 @@ def test_imagenet_cat_fooled_into_goldfish_and_school_bus(imagenet_squeezenet):
         assert result.linf < 0.1 and result.rms < 0.01
     noise = unrecognizable_image(model, target="goldfish", confidence=0.99, max_steps=50, seed=0)
     assert noise.success and noise.prediction_name == "goldfish" and noise.probability >= 0.99
+
+
+def test_should_stop_sees_every_step_including_the_one_that_fools(linear):
+    model, weight = linear
+    image = (grey() - 0.02 * weight.sign()).clamp(0, 1)
+    seen = []
+    result = fooling_image(model, image, "one", lr=0.05, should_stop=lambda progress: seen.append(progress.step))
+    assert result.success and seen == list(range(1, result.steps + 1))
+    stopped = fooling_image(model, image, "one", lr=0.001, should_stop=lambda progress: progress.step == 2)
+    assert stopped.steps == 2 and not stopped.success

@@ -291,7 +291,8 @@ def _fooling_run(
         return float(probabilities[target]) >= confidence
 
     def stop(progress: Progress) -> bool:
-        return reached(progress.image) or (should_stop is not None and bool(should_stop(progress)))
+        asked = should_stop is not None and bool(should_stop(progress))  # the caller sees every step
+        return reached(progress.image) or asked
 
     optimization = optimize(
         model, start, objective, steps=0 if reached(start) else max_steps, optimizer="sgd", lr=lr,
