@@ -77,6 +77,8 @@ class Explorer(ipywidgets.VBox):
     expected_steps: int | None = None
 
     def __init__(self, model: VizModel, *, scale: float = 1.0) -> None:
+        self._runner = BackgroundRunner(self._background_error, name=f"viztools-{type(self).__name__}")
+        self._paused = threading.Event()  # both first: close() needs them even when a check below fails
         self.model = check_model(model)
         self.scale = check_float(scale, "scale", low=0.5, high=3.0)
         self.errors = ErrorBox()
@@ -90,8 +92,6 @@ class Explorer(ipywidgets.VBox):
         self.final = False
         self._cache: OrderedDict[Hashable, object] = OrderedDict()
         self._requested: Hashable | None = None
-        self._runner = BackgroundRunner(self._background_error, name=f"viztools-{type(self).__name__}")
-        self._paused = threading.Event()
         self._live_run: Run | None = None
         super().__init__([])
 
