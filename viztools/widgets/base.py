@@ -126,12 +126,16 @@ class Explorer(ipywidgets.VBox):
         """Side of one image panel in px at this explorer's scale."""
         return round(self.PANEL * self.scale)
 
-    def assemble(self, controls: list[ipywidgets.Widget], *, live: bool = False) -> None:
-        """Lay out header, picture and side panel, controls (wrapping to the width), progress, errors."""
+    def assemble(self, controls: list[ipywidgets.Widget], *, live: bool = False,
+                 main: ipywidgets.Widget | None = None) -> None:
+        """Lay out header, picture and side panel, controls (wrapping to the width), progress, errors.
+
+        ``main`` replaces the picture-and-side-panel row (e.g. a plotly ``FigureWidget`` beside ``self.picture``).
+        """
         rows: list[ipywidgets.Widget] = [
             self.header,
-            ipywidgets.HBox([self.picture, self.side], layout=ipywidgets.Layout(flex_flow="row wrap",
-                                                                                 align_items="center")),
+            main if main is not None else ipywidgets.HBox(
+                [self.picture, self.side], layout=ipywidgets.Layout(flex_flow="row wrap", align_items="center")),
             self.summary,
             ipywidgets.HBox(controls, layout=ipywidgets.Layout(flex_flow="row wrap")),
         ]
