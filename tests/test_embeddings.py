@@ -100,6 +100,11 @@ def test_runs_repeat_with_a_seed_and_pca_keeps_raw_features() -> None:
     assert np.array_equal(first.coordinates, again.coordinates)
     assert not np.allclose(first.coordinates, other.coordinates)
     assert first.features.shape == (30, 768) and first.pooling == "flatten"
+    fresh = [tsne_embedding(colour_model(), images, "conv", pooling="flatten", pca_dims=5, perplexity=5, seed=None)
+             for _ in range(2)]
+    assert not np.allclose(fresh[0].coordinates, fresh[1].coordinates)  # seed=None: fresh randomness
+    with pytest.raises(ValueError, match="seed"):
+        tsne_embedding(colour_model(), images, "conv", perplexity=5, seed=-1)
 
 
 def test_knn_agreement_known_answer_and_chance() -> None:

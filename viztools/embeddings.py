@@ -103,7 +103,7 @@ def tsne_embedding(
     pooling: str = "average",
     pca_dims: int | None = 50,
     perplexity: float = 30.0,
-    seed: int = 0,
+    seed: int | None = 0,
     batch_size: int = 128,
     thumbnail_size: int = 64,
     threads: int | None = 1,
@@ -111,7 +111,8 @@ def tsne_embedding(
     """t-SNE map of ``layer``'s features for a data set (van der Maaten & Hinton 2008; Karpathy's CNN codes).
 
     Features (see :func:`layer_features`) are reduced with PCA to ``pca_dims`` dimensions (None: no PCA) and
-    embedded with scikit-learn's t-SNE (PCA initialisation, ``random_state=seed``), so a run is repeatable.
+    embedded with scikit-learn's t-SNE (PCA initialisation, ``random_state=seed``), so a run is repeatable
+    (``seed=None``: fresh randomness, as everywhere in viztools).
     ``labels`` override labels carried by the data set; ``class_names`` default to the model's categories.
     ``threads`` caps the OpenMP/BLAS threads of PCA and t-SNE (None: all cores). The default 1 is deliberate:
     t-SNE's OpenMP threads spin while waiting, and on a busy or shared machine that made a 500-image map ten
@@ -119,7 +120,7 @@ def tsne_embedding(
     """
     model = check_model(model)
     perplexity = check_float(perplexity, "perplexity", low=0, low_inclusive=False)
-    seed = check_int(seed, "seed", low=0)
+    seed = None if seed is None else check_int(seed, "seed", low=0)
     if threads is not None:
         threads = check_int(threads, "threads", low=1)
     if pca_dims is not None:
