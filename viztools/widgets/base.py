@@ -232,12 +232,14 @@ class Explorer(ipywidgets.VBox):
 
     # -- live optimizations ---------------------------------------------------------------------------------
 
-    def live(self, run_factory: Callable[[Callable[[Progress], bool]], Run], job: Job) -> Iterator[Frame]:
+    def live(self, run_factory: Callable[[Callable[[Progress], bool]], Run], job: Job, *,
+             frame: Callable[..., Frame] = Frame) -> Iterator[Frame]:
         """Run ``run_factory(should_stop)`` (a technique's live form) and yield throttled :class:`Frame` s.
 
         The first step is shown at once, then a frame every :data:`FRAME_INTERVAL` seconds, and the finished
         result last. Stop pauses the run inside ``should_stop`` (the best image so far is shown), Continue
-        resumes it, and a newer request ends it.
+        resumes it, and a newer request ends it. ``frame`` builds every frame, the paused ones too (a
+        :class:`Frame` subclass, or a ``functools.partial`` of one that carries more, e.g. an earlier run's result).
         """
         history: list[dict[str, float]] = []
         latest: list[Progress] = []
@@ -248,7 +250,7 @@ class Explorer(ipywidgets.VBox):
             if self._paused.is_set():
                 run = self._live_run
                 if run is not None:
-                    paused = Frame(run.best_image, progress.step, progress.stage, list(history), paused=True)
+                    paused = frame(run.best_image, progress.step, progress.stage, list(history), paused=True)
                     job.publish(lambda: self._show(paused, final=False))
                     job.publish(lambda: self.progress.update(progress.step, progress.step, "paused: best so far"))
                 while self._paused.is_set() and not job.should_stop():
@@ -262,12 +264,12 @@ class Explorer(ipywidgets.VBox):
             now = time.perf_counter()
             if now - last_frame >= FRAME_INTERVAL or progress.step == 1:
                 last_frame = now
-                yield Frame(progress.image, progress.step, progress.stage, list(history))
+                yield frame(progress.image, progress.step, progress.stage, list(history))
             if job.should_stop():
                 return
         result = run.result()
         final = latest[0] if latest else None
-        yield Frame(getattr(result, "image", None), 0 if final is None else final.step,
+        yield frame(getattr(result, "image", None), 0 if final is None else final.step,
                     0 if final is None else final.stage, list(history), result=result)
 
     def stop(self) -> None:
