@@ -9,13 +9,15 @@ from __future__ import annotations
 import html
 import io
 from collections.abc import Hashable
+from functools import lru_cache
 
 import ipywidgets
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from viztools.data import example_image_names, load_image
+from viztools.data import PHOTO_NAMES, PhotoCrops, example_image_names, load_image
+from viztools.glyphworld import CLASS_NAMES, make_glyphworld
 from viztools.models import VizModel
 
 #: Width of the description column of every control, so that controls line up in a column.
@@ -209,3 +211,24 @@ def described(description: str, control: ipywidgets.Widget) -> ipywidgets.HBox:
         layout=ipywidgets.Layout(width=DESCRIPTION_WIDTH),
     )
     return ipywidgets.HBox([label, control], layout=ipywidgets.Layout(align_items="center"))
+
+
+def sample_images(model: VizModel, count: int, *, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A labelled image set for views over a data set (top patches, t-SNE): ``(pixels, labels, class names)``.
+
+    GlyphNet gets ``count`` GlyphWorld images (seed 1: not used in training), other models about ``count`` crops
+    of the example photographs at their input size, labelled by photograph (as in lecture 02). Cached, so
+    explorers share one set: do not modify the tensors.
+    """
+    pixels, labels, names = _sample_images(model.name == "glyphnet", model.input_size, count, seed)
+    return pixels, labels, list(names)
+
+
+@lru_cache(maxsize=4)
+def _sample_images(glyphs: bool, size: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    if glyphs:
+        pixels, labels = make_glyphworld(count, seed)
+        return pixels, labels, CLASS_NAMES
+    per_photo = max(1, round(count / len(PHOTO_NAMES)))
+    crops = [torch.stack(list(PhotoCrops(per_photo, size=size, seed=seed, photos=[name]))) for name in PHOTO_NAMES]
+    return torch.cat(crops), torch.arange(len(PHOTO_NAMES)).repeat_interleave(per_photo), PHOTO_NAMES
