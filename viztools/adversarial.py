@@ -393,15 +393,14 @@ def plot_fooling(
     The difference panel is :func:`magnified_difference` (grey = unchanged). ``ax``: three axes to draw the
     panels into (the figure's title is then left to the caller); None makes a new figure.
     """
-    from matplotlib.figure import Figure
-
     from viztools.data import to_numpy_image
+    from viztools.plotting import new_figure
 
     if not isinstance(result, FoolingResult):
         raise TypeError(f"plot_fooling takes a FoolingResult (from fooling_image, fgsm, ...); got {type(result)}.")
     own_figure = ax is None
     if own_figure:
-        figure = Figure(figsize=(10, 3.8), layout="constrained")
+        figure = new_figure((10, 3.8))
         axes = figure.subplots(1, 3)
     elif len(ax) != 3:
         raise ValueError(f"plot_fooling draws three panels; pass three axes, got {len(ax)}.")

@@ -339,14 +339,14 @@ def plot_style_transfer(
     With ``ax`` only the loss curves are drawn there (a widget's live plot); ``image`` replaces the result's
     image in the picture row (e.g. an intermediate frame).
     """
-    from matplotlib.figure import Figure
+    from viztools.plotting import new_figure
 
     if not isinstance(result, StyleTransferResult):
         raise TypeError(f"plot_style_transfer takes the result of style_transfer(...); got {type(result).__name__}.")
     if ax is not None:
         plot_loss_curves(result.history, ax)
         return ax.figure
-    figure = Figure(figsize=(14, 3.6), layout="constrained")
+    figure = new_figure((14, 3.6))
     axes = figure.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 1.4]})
     shown = result.image if image is None else check_image(image, "image")
     for axis, pixels, title in zip(axes[:3], (result.content, result.style, shown),
