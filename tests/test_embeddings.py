@@ -61,19 +61,19 @@ class LabelledImages(torch.utils.data.Dataset):
 
 def test_features_pool_or_flatten_known_maps() -> None:
     images, _ = coloured_images(4)
-    averaged, labels, thumbnails = layer_features(colour_model(), images, "conv", batch_size=5)
+    averaged, labels, thumbnails = layer_features(colour_model(), images, layer="conv", batch_size=5)
     assert np.allclose(averaged, images.mean(dim=(2, 3)).numpy(), atol=1e-6)
     assert labels is None and thumbnails is None
-    flat, _, _ = layer_features(colour_model(), images, "conv", pooling="flatten", batch_size=5)
+    flat, _, _ = layer_features(colour_model(), images, layer="conv", pooling="flatten", batch_size=5)
     assert flat.shape == (12, 3 * 16 * 16) and np.allclose(flat, images.flatten(1).numpy(), atol=1e-6)
-    vectors, _, small = layer_features(colour_model(), images, "pool", thumbnail_size=8)
+    vectors, _, small = layer_features(colour_model(), images, layer="pool", thumbnail_size=8)
     assert np.allclose(vectors, averaged, atol=1e-6)  # a vector layer is used as it is
     assert small.shape == (12, 3, 8, 8) and torch.allclose(small.mean(dim=(2, 3)), images.mean(dim=(2, 3)), atol=0.02)
 
 
 def test_colour_classes_cluster_well_above_chance() -> None:
     images, labels = coloured_images()
-    embedding = tsne_embedding(colour_model(), images, "pool", labels=labels, perplexity=15)
+    embedding = tsne_embedding(colour_model(), images, layer="pool", labels=labels, perplexity=15)
     assert embedding.coordinates.shape == (90, 2) and embedding.class_names == ["red", "green", "blue"]
     assert knn_label_agreement(embedding.coordinates, embedding.labels, k=5) > 0.95
     shuffled = np.random.default_rng(0).permutation(embedding.labels)
@@ -82,29 +82,30 @@ def test_colour_classes_cluster_well_above_chance() -> None:
 
 def test_labels_come_from_the_data_set_and_can_be_overridden() -> None:
     images, labels = coloured_images(10)
-    embedding = tsne_embedding(colour_model(), LabelledImages(images, labels), "pool", perplexity=5, batch_size=7)
+    embedding = tsne_embedding(colour_model(), LabelledImages(images, labels), layer="pool", perplexity=5, batch_size=7)
     assert np.array_equal(embedding.labels, labels.numpy())
     assert torch.equal(embedding.images, images)  # 16 px images are already thumbnail-sized
-    override = tsne_embedding(colour_model(), LabelledImages(images, labels), "pool", perplexity=5,
+    override = tsne_embedding(colour_model(), LabelledImages(images, labels), layer="pool", perplexity=5,
                               labels=[0] * 30, class_names=["any"])
     assert np.array_equal(override.labels, np.zeros(30)) and override.class_names == ["any"]
-    unlabelled = tsne_embedding(colour_model(), images, "pool", perplexity=5)
+    unlabelled = tsne_embedding(colour_model(), images, layer="pool", perplexity=5)
     assert unlabelled.labels is None and unlabelled.class_names is None
 
 
 def test_runs_repeat_with_a_seed_and_pca_keeps_raw_features() -> None:
     images, _ = coloured_images(10)
-    first = tsne_embedding(colour_model(), images, "conv", pooling="flatten", pca_dims=5, perplexity=5, seed=1)
-    again = tsne_embedding(colour_model(), images, "conv", pooling="flatten", pca_dims=5, perplexity=5, seed=1)
-    other = tsne_embedding(colour_model(), images, "conv", pooling="flatten", pca_dims=5, perplexity=5, seed=2)
+    first = tsne_embedding(colour_model(), images, layer="conv", pooling="flatten", pca_dims=5, perplexity=5, seed=1)
+    again = tsne_embedding(colour_model(), images, layer="conv", pooling="flatten", pca_dims=5, perplexity=5, seed=1)
+    other = tsne_embedding(colour_model(), images, layer="conv", pooling="flatten", pca_dims=5, perplexity=5, seed=2)
     assert np.array_equal(first.coordinates, again.coordinates)
     assert not np.allclose(first.coordinates, other.coordinates)
     assert first.features.shape == (30, 768) and first.pooling == "flatten"
-    fresh = [tsne_embedding(colour_model(), images, "conv", pooling="flatten", pca_dims=5, perplexity=5, seed=None)
+    fresh = [tsne_embedding(colour_model(), images, layer="conv",
+                            pooling="flatten", pca_dims=5, perplexity=5, seed=None)
              for _ in range(2)]
     assert not np.allclose(fresh[0].coordinates, fresh[1].coordinates)  # seed=None: fresh randomness
     with pytest.raises(ValueError, match="seed"):
-        tsne_embedding(colour_model(), images, "conv", perplexity=5, seed=-1)
+        tsne_embedding(colour_model(), images, layer="conv", perplexity=5, seed=-1)
 
 
 def test_knn_agreement_known_answer_and_chance() -> None:
@@ -182,7 +183,7 @@ def test_grid_image_places_framed_thumbnails() -> None:
 
 def test_plots_show_classes_in_the_legend() -> None:
     images, labels = coloured_images(10)
-    embedding = tsne_embedding(colour_model(), images, "pool", labels=labels, perplexity=5)
+    embedding = tsne_embedding(colour_model(), images, layer="pool", labels=labels, perplexity=5)
     figure = plot_tsne(embedding)
     assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["red", "green", "blue"]
     assert sum(len(c.get_offsets()) for c in figure.axes[0].collections) == 30
@@ -203,27 +204,27 @@ def test_bad_arguments_raise_clear_errors() -> None:
     model = colour_model()
     images, labels = coloured_images(4)
     with pytest.raises(ValueError, match="Unknown layer 'fc9'"):
-        tsne_embedding(model, images, "fc9")
+        tsne_embedding(model, images, layer="fc9")
     with pytest.raises(ValueError, match="Did you mean 'average'"):
-        tsne_embedding(model, images, "conv", pooling="averge")
+        tsne_embedding(model, images, layer="conv", pooling="averge")
     with pytest.raises(ValueError, match=r"perplexity must be smaller than the number of images \(12\)"):
-        tsne_embedding(model, images, "pool")
+        tsne_embedding(model, images, layer="pool")
     with pytest.raises(ValueError, match="perplexity"):
-        tsne_embedding(model, images, "pool", perplexity=-1)
+        tsne_embedding(model, images, layer="pool", perplexity=-1)
     with pytest.raises(ValueError, match=r"one class index per image \(12\)"):
-        tsne_embedding(model, images, "pool", labels=labels[:5], perplexity=3)
+        tsne_embedding(model, images, layer="pool", labels=labels[:5], perplexity=3)
     with pytest.raises(ValueError, match=r"0\.\.2 to be named"):
-        tsne_embedding(model, images, "pool", labels=labels + 1, perplexity=3)
+        tsne_embedding(model, images, layer="pool", labels=labels + 1, perplexity=3)
     with pytest.raises(ValueError, match="pca_dims"):
-        tsne_embedding(model, images, "pool", pca_dims=1, perplexity=3)
+        tsne_embedding(model, images, layer="pool", pca_dims=1, perplexity=3)
     with pytest.raises(ValueError, match="threads"):
-        tsne_embedding(model, images, "pool", threads=0, perplexity=3)
+        tsne_embedding(model, images, layer="pool", threads=0, perplexity=3)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
-        tsne_embedding(model, images[:, :1], "pool", perplexity=3)
+        tsne_embedding(model, images[:, :1], layer="pool", perplexity=3)
     with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
-        tsne_embedding(model.network, images, "pool", perplexity=3)
+        tsne_embedding(model.network, images, layer="pool", perplexity=3)
     with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
-        layer_features(model.network, images, "pool")
+        layer_features(model.network, images, layer="pool")
     with pytest.raises(ValueError, match="fewer than the 12 points"):
         knn_label_agreement(np.zeros((12, 2)), labels.numpy(), k=12)
     with pytest.raises(ValueError, match=r"\(n, 2\) coordinates"):
@@ -239,9 +240,9 @@ def test_leaves_no_hooks_and_unchanged_gradients() -> None:
     model(pixels).sum().backward()
     before = pixels.grad.clone()
     images, labels = viztools.make_glyphworld(12)
-    tsne_embedding(model, images, "conv3", labels=labels, perplexity=3)
+    tsne_embedding(model, images, layer="conv3", labels=labels, perplexity=3)
     with pytest.raises(ValueError):
-        tsne_embedding(model, images, "conv3", perplexity=50)
+        tsne_embedding(model, images, layer="conv3", perplexity=50)
     assert not has_hooks(model.network)
     pixels.grad = None
     model(pixels).sum().backward()
@@ -257,11 +258,11 @@ def test_trained_glyphnet_fc1_clusters_the_glyph_classes(glyphnet: VizModel) -> 
     0.11 random, chance 0.098).
     """
     images, labels = viztools.make_glyphworld(500, seed=1)
-    embedding = tsne_embedding(glyphnet, images, "fc1", labels=labels)
+    embedding = tsne_embedding(glyphnet, images, layer="fc1", labels=labels)
     assert embedding.class_names == list(viztools.GLYPHWORLD_CLASSES)
     assert chance_label_agreement(embedding.labels) == pytest.approx(0.098, abs=0.001)
     assert knn_label_agreement(embedding.coordinates, embedding.labels, k=10) > 0.8
-    untrained = tsne_embedding(viztools.load_model("glyphnet", weights="random"), images, "fc1", labels=labels)
+    untrained = tsne_embedding(viztools.load_model("glyphnet", weights="random"), images, layer="fc1", labels=labels)
     assert knn_label_agreement(untrained.coordinates, untrained.labels, k=10) < 0.2
     grid = tsne_grid(embedding)
     assert sorted(grid.cells.tolist()) == sorted(set(grid.cells.tolist())) and len(grid.cells) == 500

@@ -48,7 +48,7 @@ def minmax(values: torch.Tensor) -> np.ndarray:
 def test_glyphnet_first_layer_is_rgb_tiles_each_scaled_on_its_own(random_glyphnet: VizModel) -> None:
     conv1 = random_glyphnet.network.features.conv1
     count = conv1.out_channels
-    grid = filter_grid(random_glyphnet, "conv1")
+    grid = filter_grid(random_glyphnet, layer="conv1")
     assert (grid.conv_path, grid.mode, grid.weight_shape) == ("features.conv1", "rgb", (count, 3, 7, 7))
     assert grid.tiles.shape == (count, 7, 7, 3) and grid.channels == list(range(count))
     assert np.allclose(grid.tiles.min(axis=(1, 2, 3)), 0) and np.allclose(grid.tiles.max(axis=(1, 2, 3)), 1)
@@ -63,14 +63,14 @@ def test_glyphnet_first_layer_is_rgb_tiles_each_scaled_on_its_own(random_glyphne
 
 
 def test_global_scaling_keeps_relative_magnitudes(random_glyphnet: VizModel) -> None:
-    grid = filter_grid(random_glyphnet, "conv1", channels=[0, 3, 9], normalize="global")
+    grid = filter_grid(random_glyphnet, layer="conv1", channels=[0, 3, 9], normalize="global")
     weight = random_glyphnet.network.features.conv1.weight[[0, 3, 9]]
     assert np.allclose(grid.tiles, minmax(weight).transpose(0, 2, 3, 1), atol=1e-6)
     assert grid.tiles.min() == 0 and grid.tiles.max() == 1
 
 
 def test_known_colour_filters() -> None:
-    grid = filter_grid(colour_filters(), "conv")
+    grid = filter_grid(colour_filters(), layer="conv")
     assert np.array_equal(grid.tiles[0], np.broadcast_to([1.0, 0.0, 0.0], (3, 3, 3)))  # pure red
     assert np.all(grid.tiles[1] == 0.5)  # a constant filter has no range: shown mid-grey
     green = grid.tiles[2][..., 1]
@@ -90,7 +90,7 @@ def test_friendly_names_resolve_to_the_producing_conv(random_glyphnet: VizModel,
 
 
 def test_squeezenet_first_layer_is_96_rgb_tiles(random_squeezenet: VizModel) -> None:
-    grid = filter_grid(random_squeezenet, "conv1")
+    grid = filter_grid(random_squeezenet, layer="conv1")
     assert grid.tiles.shape == (96, 7, 7, 3) and grid.columns == 10
     assert grid.mosaic.shape == (10 * 8 - 1, 10 * 8 - 1, 3)
 
@@ -98,7 +98,7 @@ def test_squeezenet_first_layer_is_96_rgb_tiles(random_squeezenet: VizModel) -> 
 def test_deeper_layers_show_per_input_channel_maps(random_glyphnet: VizModel) -> None:
     conv2 = random_glyphnet.network.features.conv2
     inputs = conv2.in_channels
-    grid = filter_grid(random_glyphnet, "conv2")
+    grid = filter_grid(random_glyphnet, layer="conv2")
     assert grid.mode == "grey" and grid.tiles.shape == (8, inputs, 3, 3) and grid.channels == list(range(8))
     assert grid.input_channels == list(range(inputs))
     assert grid.mosaic.shape == (8 * 4 - 1, inputs * 4 - 1, 3)
@@ -107,7 +107,7 @@ def test_deeper_layers_show_per_input_channel_maps(random_glyphnet: VizModel) ->
     assert np.array_equal(mosaic_tile, np.repeat(grid.tiles[1, 2][..., None], 3, axis=2))
 
     last = conv2.out_channels - 1
-    subset = filter_grid(random_glyphnet, "conv2", channels=[5, last], input_channels=[1, 2, inputs - 1],
+    subset = filter_grid(random_glyphnet, layer="conv2", channels=[5, last], input_channels=[1, 2, inputs - 1],
                          normalize="map")
     assert subset.tiles.shape == (2, 3, 3, 3) and subset.input_channels == [1, 2, inputs - 1]
     assert np.allclose(subset.tiles[1, 2], minmax(conv2.weight[last, inputs - 1]), atol=1e-6)
@@ -117,29 +117,29 @@ def test_deeper_layers_show_per_input_channel_maps(random_glyphnet: VizModel) ->
 def test_bad_arguments_raise_clear_errors(random_glyphnet: VizModel) -> None:
     count = random_glyphnet.network.features.conv1.out_channels
     with pytest.raises(ValueError, match=r"produced by the Linear layer 'classifier\.fc1'"):
-        filter_grid(random_glyphnet, "fc1")
+        filter_grid(random_glyphnet, layer="fc1")
     with pytest.raises(ValueError, match=r"is a Linear layer.*Choose a convolutional layer: conv1, pool1, conv2"):
-        filter_grid(random_glyphnet, "logits")
+        filter_grid(random_glyphnet, layer="logits")
     with pytest.raises(ValueError, match="Unknown layer 'conv7'"):
-        filter_grid(random_glyphnet, "conv7")
+        filter_grid(random_glyphnet, layer="conv7")
     with pytest.raises(ValueError, match=rf"channels entry \(the layer has {count}\)"):
-        filter_grid(random_glyphnet, "conv1", channels=[0, count])
+        filter_grid(random_glyphnet, layer="conv1", channels=[0, count])
     with pytest.raises(ValueError, match="non-empty list"):
-        filter_grid(random_glyphnet, "conv1", channels=[])
+        filter_grid(random_glyphnet, layer="conv1", channels=[])
     with pytest.raises(ValueError, match=rf"{count} input channels.*mode='grey'"):
-        filter_grid(random_glyphnet, "conv2", mode="rgb")
+        filter_grid(random_glyphnet, layer="conv2", mode="rgb")
     with pytest.raises(ValueError, match="change the colours"):
-        filter_grid(random_glyphnet, "conv1", normalize="map")
+        filter_grid(random_glyphnet, layer="conv1", normalize="map")
     with pytest.raises(ValueError, match=r"Unknown mode 'gray'.*Did you mean 'grey'"):
-        filter_grid(random_glyphnet, "conv1", mode="gray")
+        filter_grid(random_glyphnet, layer="conv1", mode="gray")
     with pytest.raises(ValueError, match="input_channels applies to mode='grey'"):
-        filter_grid(random_glyphnet, "conv1", input_channels=[0])
+        filter_grid(random_glyphnet, layer="conv1", input_channels=[0])
     with pytest.raises(ValueError, match="columns applies to mode='rgb'"):
-        filter_grid(random_glyphnet, "conv2", columns=4)
+        filter_grid(random_glyphnet, layer="conv2", columns=4)
     linear = VizModel(name="linear", network=nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), categories=["a", "b"],
                       input_size=2, mean=(0, 0, 0), std=(1, 1, 1), layers={"flat": "0"})
     with pytest.raises(ValueError, match=r"has no Conv2d before it.*\(this model has none\)"):
-        filter_grid(linear, "flat")
+        filter_grid(linear, layer="flat")
     assert not has_hooks(random_glyphnet.network) and not has_hooks(linear.network)
 
 
@@ -148,8 +148,8 @@ def test_model_is_left_unchanged(random_glyphnet: VizModel) -> None:
     pixels = torch.rand(2, 3, 64, 64, requires_grad=True)
     random_glyphnet(pixels).sum().backward()
     before = pixels.grad.clone()
-    plot_filters(filter_grid(random_glyphnet, "conv1"))
-    filter_grid(random_glyphnet, "pool3", normalize="global")
+    plot_filters(filter_grid(random_glyphnet, layer="conv1"))
+    filter_grid(random_glyphnet, layer="pool3", normalize="global")
     assert not has_hooks(random_glyphnet.network)
     assert all(torch.equal(v, weights[k]) for k, v in random_glyphnet.network.state_dict().items())
     pixels.grad = None
@@ -160,24 +160,25 @@ def test_model_is_left_unchanged(random_glyphnet: VizModel) -> None:
 def test_plots_side_by_side_and_grey_axes(random_glyphnet: VizModel, random_squeezenet: VizModel) -> None:
     figure = Figure()
     axes = figure.subplots(1, 2)
-    assert plot_filters(filter_grid(random_glyphnet, "conv1"), ax=axes[0]) is figure
-    plot_filters(filter_grid(random_squeezenet, "conv1"), ax=axes[1])
-    assert np.array_equal(axes[0].get_images()[0].get_array(), filter_grid(random_glyphnet, "conv1").mosaic)
+    assert plot_filters(filter_grid(random_glyphnet, layer="conv1"), ax=axes[0]) is figure
+    plot_filters(filter_grid(random_squeezenet, layer="conv1"), ax=axes[1])
+    assert np.array_equal(axes[0].get_images()[0].get_array(), filter_grid(random_glyphnet, layer="conv1").mosaic)
     assert axes[1].get_images()[0].get_array().shape == (79, 79, 3)
     assert "96 filters 3x7x7" in axes[1].get_title()
     assert "glyphnet conv1" in axes[0].get_title()
-    figure = plot_filters(filter_grid(random_glyphnet, "conv3", channels=[2, 4], input_channels=[0, 1, 2]))
+    figure = plot_filters(filter_grid(random_glyphnet, layer="conv3", channels=[2, 4], input_channels=[0, 1, 2]))
     assert isinstance(figure, Figure) and len(figure.axes) == 1
     assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["2", "4"]
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["0", "1", "2"]
-    with pytest.raises(TypeError, match=r"plot_filters\(filter_grid\(model, 'conv1'\)\)"):
+    with pytest.raises(TypeError, match=r"plot_filters\(filter_grid\(model, layer='conv1'\)\)"):
         plot_filters(random_glyphnet)
 
 
 def test_plain_module_gets_a_message_naming_vizmodel(random_glyphnet: VizModel) -> None:
-    for function in (filter_grid, resolve_conv):
-        with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
-            function(random_glyphnet.network, "conv1")
+    with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
+        filter_grid(random_glyphnet.network, layer="conv1")
+    with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
+        resolve_conv(random_glyphnet.network, "conv1")
 
 
 @pytest.mark.imagenet
@@ -187,6 +188,6 @@ def test_trained_first_layer_filters_are_smooth(imagenet_squeezenet: VizModel, r
     def roughness(tiles: np.ndarray) -> float:
         return float(np.abs(np.diff(tiles, axis=1)).mean() + np.abs(np.diff(tiles, axis=2)).mean()) / 2
 
-    trained = roughness(filter_grid(imagenet_squeezenet, "conv1").tiles)
-    untrained = roughness(filter_grid(random_squeezenet, "conv1").tiles)
+    trained = roughness(filter_grid(imagenet_squeezenet, layer="conv1").tiles)
+    untrained = roughness(filter_grid(random_squeezenet, layer="conv1").tiles)
     assert trained < 0.5 * untrained  # measured: 0.11 vs 0.34

@@ -86,16 +86,17 @@ def stop_kw(should_stop: Stop) -> dict:
 
 CASES = [
     Case("patches.top_activating_patches", lambda m, s: patches.top_activating_patches(
-        m, IMAGES, "conv3", 1, k=2, batch_size=2), fail_at=2, active="hooks"),
+        m, IMAGES, layer="conv3", channel=1, k=2, batch_size=2), fail_at=2, active="hooks"),
     Case("patches.top_activating_patches_grid", lambda m, s: patches.top_activating_patches_grid(
-        m, IMAGES, "conv2", [0, 3], k=2, batch_size=2), fail_at=2, active="hooks"),
+        m, IMAGES, layer="conv2", channels=[0, 3], k=2, batch_size=2), fail_at=2, active="hooks"),
     Case("filters.filter_grid", lambda m, s: (  # conv1: the weights only; pool3: a traced forward finds its conv
-        filters.plot_filters(filters.filter_grid(m, "conv1")), filters.filter_grid(m, "pool3", normalize="global")),
+        filters.plot_filters(filters.filter_grid(m, layer="conv1")),
+        filters.filter_grid(m, layer="pool3", normalize="global")),
         fail_at=1, active="hooks"),
     Case("embeddings.tsne_embedding", lambda m, s: embeddings.tsne_embedding(
-        m, IMAGES, "conv3", perplexity=2, pca_dims=None, batch_size=2), fail_at=2, active="hooks"),
+        m, IMAGES, layer="conv3", perplexity=2, pca_dims=None, batch_size=2), fail_at=2, active="hooks"),
     Case("embeddings.layer_features", lambda m, s: embeddings.layer_features(
-        m, IMAGES, "pool3", batch_size=2), fail_at=2, active="hooks"),
+        m, IMAGES, layer="pool3", batch_size=2), fail_at=2, active="hooks"),
     *[
         Case(f"occlusion.occlusion[{method}]", lambda m, s, method=method: occlusion.occlusion(
             m, IMAGE, 3, patch_size=16, stride=16, batch_size=4, method=method, **stop_kw(s)),
@@ -115,7 +116,7 @@ CASES = [
     Case("saliency.deconvnet", lambda m, s: saliency.deconvnet(m, IMAGE), fail_at=2, active="mode"),
     *[
         Case(f"saliency.neuron_gradient[{rule}]", lambda m, s, rule=rule: saliency.neuron_gradient(
-            m, IMAGE, "conv3", 2, rule=rule), fail_at=1, active="hooks" if rule == "plain" else "mode")
+            m, IMAGE, layer="conv3", channel=2, rule=rule), fail_at=1, active="hooks" if rule == "plain" else "mode")
         for rule in ("plain", "guided", "deconvnet")
     ],
     Case("class_visualization.class_visualization", lambda m, s: class_visualization.class_visualization(

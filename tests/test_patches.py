@@ -74,7 +74,7 @@ def brute_force_top(model: VizModel, images: torch.Tensor, layer: str, channel: 
 def test_bright_square_detector_finds_the_square(padding: int) -> None:
     model = square_detector(padding)
     images = dim_images_with_squares()
-    result = top_activating_patches(model, images, "detector", 0, k=3, batch_size=6)
+    result = top_activating_patches(model, images, layer="detector", channel=0, k=3, batch_size=6)
     assert result.image_indices[:2].tolist() == [13, 4]
     assert result.values[:2] == pytest.approx([1.0, 0.8], abs=1e-6)
     # Unit (r, c) of a 5x5 conv with padding p sees input rows r-p .. r-p+4.
@@ -86,16 +86,16 @@ def test_bright_square_detector_finds_the_square(padding: int) -> None:
 
 
 def test_dark_channel_avoids_the_squares() -> None:
-    result = top_activating_patches(square_detector(0), dim_images_with_squares(), "detector", 1, k=20)
+    result = top_activating_patches(square_detector(0), dim_images_with_squares(), layer="detector", channel=1, k=20)
     assert (result.values == 0).all()  # the ReLU kills the negated brightness of every window
 
 
 def test_single_unit_position_reads_that_unit() -> None:
     model = square_detector(0)
     images = dim_images_with_squares()
-    result = top_activating_patches(model, images, "detector", 0, k=1, position=(6, 11))
+    result = top_activating_patches(model, images, layer="detector", channel=0, k=1, position=(6, 11))
     assert result.image_indices.tolist() == [13] and result.position == (6, 11)
-    result = top_activating_patches(model, images, "detector", 0, k=1, position=(12, 12))
+    result = top_activating_patches(model, images, layer="detector", channel=0, k=1, position=(12, 12))
     assert result.image_indices.tolist() != [13] and result.values[0] < 0.3  # the square is outside this unit's field
 
 
@@ -114,7 +114,7 @@ def test_glyphnet_conv2_crops_match_hand_computed_field(
     random_glyphnet: VizModel, position: tuple[int, int], rows: slice, cols: slice
 ) -> None:
     images = torch.rand(6, 3, 64, 64)
-    result = top_activating_patches(random_glyphnet, images, "conv2", 7, k=3, position=position)
+    result = top_activating_patches(random_glyphnet, images, layer="conv2", channel=7, k=3, position=position)
     for index, box, patch in zip(result.image_indices, result.boxes, result.patches, strict=True):
         assert box == (rows, cols)
         assert torch.equal(patch, images[int(index)][:, rows, cols])
@@ -122,7 +122,7 @@ def test_glyphnet_conv2_crops_match_hand_computed_field(
 
 def test_glyphnet_conv2_strongest_units_have_twelve_pixel_fields(random_glyphnet: VizModel) -> None:
     images, _ = viztools.make_glyphworld(12)
-    result = top_activating_patches(random_glyphnet, images, "conv2", 3, k=12, batch_size=5)
+    result = top_activating_patches(random_glyphnet, images, layer="conv2", channel=3, k=12, batch_size=5)
     for (row, col), patch in zip(result.positions, result.patches, strict=True):
         height = min(2 * row + 7, 64) - max(2 * row - 5, 0)
         width = min(2 * col + 7, 64) - max(2 * col - 5, 0)
@@ -133,8 +133,8 @@ def test_glyphnet_conv2_strongest_units_have_twelve_pixel_fields(random_glyphnet
 def test_streaming_top_k_equals_brute_force(random_glyphnet: VizModel, layer: str, position: tuple | None) -> None:
     images = torch.rand(29, 3, 64, 64)
     channels = [3, 17, 20]  # all layers here have at least 24 channels
-    results = top_activating_patches_grid(random_glyphnet, images, layer, channels, k=5, position=position,
-                                          batch_size=8)
+    results = top_activating_patches_grid(random_glyphnet, images, layer=layer, channels=channels, k=5,
+                                          position=position, batch_size=8)
     for channel, result in zip(channels, results, strict=True):
         values, indices, units = brute_force_top(random_glyphnet, images, layer, channel, 5, position)
         assert result.channel == channel
@@ -145,14 +145,14 @@ def test_streaming_top_k_equals_brute_force(random_glyphnet: VizModel, layer: st
 
 def test_ties_keep_the_earlier_image() -> None:
     images = torch.full((10, 3, 24, 24), 0.5)
-    result = top_activating_patches(square_detector(0), images, "detector", 0, k=4, batch_size=3)
+    result = top_activating_patches(square_detector(0), images, layer="detector", channel=0, k=4, batch_size=3)
     assert result.image_indices.tolist() == [0, 1, 2, 3]
     assert result.positions == [(0, 0)] * 4  # the first maximal unit of each map
 
 
 def test_fully_connected_layer_gives_whole_images(random_glyphnet: VizModel) -> None:
     images = torch.rand(8, 3, 64, 64)
-    result = top_activating_patches(random_glyphnet, images, "fc1", 2, k=2)
+    result = top_activating_patches(random_glyphnet, images, layer="fc1", channel=2, k=2)
     assert result.positions == [None, None]
     assert all(torch.equal(p, images[int(i)]) for p, i in zip(result.patches, result.image_indices, strict=True))
 
@@ -185,7 +185,7 @@ def test_memory_is_bounded_by_one_batch_of_activations(random_glyphnet: VizModel
 
     dataset = CountingDataset(50)
     with attach(random_glyphnet.layer("conv1"), forward=watch):
-        result = top_activating_patches(random_glyphnet, dataset, "conv1", 0, k=4, batch_size=8)
+        result = top_activating_patches(random_glyphnet, dataset, layer="conv1", channel=0, k=4, batch_size=8)
     assert len(alive_at_each_batch) == 7
     assert alive_at_each_batch == [0] * 7
     assert all(ref() is None for ref in outputs)
@@ -195,9 +195,10 @@ def test_memory_is_bounded_by_one_batch_of_activations(random_glyphnet: VizModel
 
 def test_streams_a_glyphworld_dataset_like_a_tensor(random_glyphnet: VizModel) -> None:
     images, _ = viztools.make_glyphworld(20, seed=3)
-    from_dataset = top_activating_patches(random_glyphnet, viztools.GlyphWorld(20, seed=3), "pool2", 9, k=4,
+    from_dataset = top_activating_patches(random_glyphnet, viztools.GlyphWorld(20, seed=3),
+                                          layer="pool2", channel=9, k=4,
                                           batch_size=6)
-    from_tensor = top_activating_patches(random_glyphnet, images, "pool2", 9, k=4)
+    from_tensor = top_activating_patches(random_glyphnet, images, layer="pool2", channel=9, k=4)
     assert from_dataset.image_indices.tolist() == from_tensor.image_indices.tolist()
     assert all(torch.equal(a, b) for a, b in zip(from_dataset.patches, from_tensor.patches, strict=True))
 
@@ -209,8 +210,8 @@ def test_reads_a_folder_in_sorted_order(random_glyphnet: VizModel, tmp_path) -> 
         Image.fromarray(array).save(tmp_path / f"img_{4 - i}.png")  # reverse order on disk
     (tmp_path / "notes.txt").write_text("not an image")
     stacked = torch.stack([viztools.load_image(tmp_path / f"img_{i}.png", size=64)[0] for i in range(5)])
-    from_folder = top_activating_patches(random_glyphnet, tmp_path, "conv1", 4, k=3)
-    from_tensor = top_activating_patches(random_glyphnet, stacked, "conv1", 4, k=3)
+    from_folder = top_activating_patches(random_glyphnet, tmp_path, layer="conv1", channel=4, k=3)
+    from_tensor = top_activating_patches(random_glyphnet, stacked, layer="conv1", channel=4, k=3)
     assert from_folder.image_indices.tolist() == from_tensor.image_indices.tolist()
     assert torch.allclose(from_folder.values, from_tensor.values)
 
@@ -218,54 +219,55 @@ def test_reads_a_folder_in_sorted_order(random_glyphnet: VizModel, tmp_path) -> 
 def test_bad_arguments_raise_clear_errors(random_glyphnet: VizModel, tmp_path) -> None:
     images = torch.rand(4, 3, 64, 64)
     with pytest.raises(ValueError, match="Unknown layer 'conv9'"):
-        top_activating_patches(random_glyphnet, images, "conv9", 0)
+        top_activating_patches(random_glyphnet, images, layer="conv9", channel=0)
     count = random_glyphnet.network.features.conv1.out_channels
     with pytest.raises(ValueError, match=rf"channel of layer 'conv1' \(it has {count} channels\)"):
-        top_activating_patches(random_glyphnet, images, "conv1", count, k=2)
+        top_activating_patches(random_glyphnet, images, layer="conv1", channel=count, k=2)
     with pytest.raises(ValueError, match=r"k \(at most the number of images, 4\).*got 0"):
-        top_activating_patches(random_glyphnet, images, "conv1", 0, k=0)
+        top_activating_patches(random_glyphnet, images, layer="conv1", channel=0, k=0)
     with pytest.raises(ValueError, match="at most the number of images, 4"):
-        top_activating_patches(random_glyphnet, images, "conv1", 0, k=5)
+        top_activating_patches(random_glyphnet, images, layer="conv1", channel=0, k=5)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
-        top_activating_patches(random_glyphnet, torch.rand(4, 1, 64, 64), "conv1", 0, k=2)
+        top_activating_patches(random_glyphnet, torch.rand(4, 1, 64, 64), layer="conv1", channel=0, k=2)
     with pytest.raises(ValueError, match=r"images 0\.\.3 must hold pixel values in \[0, 1\]"):
-        top_activating_patches(random_glyphnet, images * 2 - 1, "conv1", 0, k=2)
+        top_activating_patches(random_glyphnet, images * 2 - 1, layer="conv1", channel=0, k=2)
     with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
-        top_activating_patches(random_glyphnet.network, images, "conv1", 0, k=2)
+        top_activating_patches(random_glyphnet.network, images, layer="conv1", channel=0, k=2)
     with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
-        top_activating_patches_grid(random_glyphnet.network, images, "conv1", [0], k=2)
+        top_activating_patches_grid(random_glyphnet.network, images, layer="conv1", channels=[0], k=2)
     with pytest.raises(ValueError, match="outside layer 'conv2'"):
-        top_activating_patches(random_glyphnet, images, "conv2", 0, k=2, position=(32, 0))
+        top_activating_patches(random_glyphnet, images, layer="conv2", channel=0, k=2, position=(32, 0))
     with pytest.raises(ValueError, match="no spatial positions"):
-        top_activating_patches(random_glyphnet, images, "fc1", 0, k=2, position=(0, 0))
+        top_activating_patches(random_glyphnet, images, layer="fc1", channel=0, k=2, position=(0, 0))
     with pytest.raises(ValueError, match="non-empty list"):
-        top_activating_patches_grid(random_glyphnet, images, "conv1", [])
+        top_activating_patches_grid(random_glyphnet, images, layer="conv1", channels=[])
     with pytest.raises(TypeError, match="Cannot read images"):
-        top_activating_patches(random_glyphnet, 3.0, "conv1", 0)
+        top_activating_patches(random_glyphnet, 3.0, layer="conv1", channel=0)
     with pytest.raises(FileNotFoundError, match="No folder"):
-        top_activating_patches(random_glyphnet, tmp_path / "missing", "conv1", 0)
+        top_activating_patches(random_glyphnet, tmp_path / "missing", layer="conv1", channel=0)
     with pytest.raises(ValueError, match="no image files"):
-        top_activating_patches(random_glyphnet, tmp_path, "conv1", 0)
+        top_activating_patches(random_glyphnet, tmp_path, layer="conv1", channel=0)
     mixed = [torch.rand(3, 64, 64), torch.rand(3, 64, 64), torch.rand(3, 48, 48)]
     with pytest.raises(ValueError, match=r"same size; image 2 is \(48, 48\)"):
-        top_activating_patches(random_glyphnet, mixed, "conv1", 0, k=2, batch_size=2)
+        top_activating_patches(random_glyphnet, mixed, layer="conv1", channel=0, k=2, batch_size=2)
     with pytest.raises(ValueError, match="same size"):
-        top_activating_patches(random_glyphnet, mixed, "conv1", 0, k=2, batch_size=3)
+        top_activating_patches(random_glyphnet, mixed, layer="conv1", channel=0, k=2, batch_size=3)
 
 
 def test_leaves_no_hooks_and_unchanged_gradients(random_glyphnet: VizModel) -> None:
     probe = torch.rand(2, 3, 64, 64)
     before = input_gradient(random_glyphnet, probe)
-    top_activating_patches(random_glyphnet, torch.rand(6, 3, 64, 64), "conv3", 1, k=2)
+    top_activating_patches(random_glyphnet, torch.rand(6, 3, 64, 64), layer="conv3", channel=1, k=2)
     assert not has_hooks(random_glyphnet.network)
     with pytest.raises(ValueError, match="channel"):
-        top_activating_patches(random_glyphnet, torch.rand(6, 3, 64, 64), "conv3", 999, k=2)
+        top_activating_patches(random_glyphnet, torch.rand(6, 3, 64, 64), layer="conv3", channel=999, k=2)
     assert not has_hooks(random_glyphnet.network)
     assert torch.equal(input_gradient(random_glyphnet, probe), before)
 
 
 def test_plots_draw_the_patches(random_glyphnet: VizModel) -> None:
-    results = top_activating_patches_grid(random_glyphnet, torch.rand(10, 3, 64, 64), "conv1", [0, 5], k=4)
+    results = top_activating_patches_grid(random_glyphnet, torch.rand(10, 3, 64, 64),
+                                          layer="conv1", channels=[0, 5], k=4)
     figure = plot_patches(results[0])
     assert len(figure.axes) == 4  # a 2x2 grid, one 7x7 patch per panel
     for ax, patch, value, index in zip(figure.axes, results[0].patches, results[0].values, results[0].image_indices,
@@ -283,7 +285,8 @@ def test_plots_draw_the_patches(random_glyphnet: VizModel) -> None:
 
 
 def test_plots_draw_into_a_given_axes() -> None:
-    results = top_activating_patches_grid(square_detector(0), dim_images_with_squares(), "detector", [0, 1], k=3)
+    results = top_activating_patches_grid(square_detector(0), dim_images_with_squares(),
+                                          layer="detector", channels=[0, 1], k=3)
     figure = Figure()
     left, right = figure.subplots(1, 2)
     assert plot_patches_grid(results, ax=right) is figure
@@ -295,11 +298,11 @@ def test_plots_draw_into_a_given_axes() -> None:
 def test_squeezenet_fields_match_the_architecture(imagenet_squeezenet: VizModel) -> None:
     crops = PhotoCrops(4, size=224, seed=0)
     # conv1: 7x7 stride 2, no padding -> unit r sees rows 2r .. 2r+6.
-    result = top_activating_patches(imagenet_squeezenet, crops, "conv1", 10, k=4)
+    result = top_activating_patches(imagenet_squeezenet, crops, layer="conv1", channel=10, k=4)
     for (row, col), box in zip(result.positions, result.boxes, strict=True):
         assert box == (slice(2 * row, 2 * row + 7), slice(2 * col, 2 * col + 7))
     # fire2: pool 3/2 gives input rows 4p .. 4p+10; expand3x3 (pad 1) spans pools r-1 .. r+1 -> rows 4r-4 .. 4r+14.
-    result = top_activating_patches(imagenet_squeezenet, crops, "fire2", 3, k=2, position=(10, 20))
+    result = top_activating_patches(imagenet_squeezenet, crops, layer="fire2", channel=3, k=2, position=(10, 20))
     assert result.boxes == [(slice(36, 55), slice(76, 95))] * 2
     assert not has_hooks(imagenet_squeezenet.network)
 
@@ -308,7 +311,8 @@ def test_squeezenet_fields_match_the_architecture(imagenet_squeezenet: VizModel)
 @pytest.mark.skipif(not GLYPHNET_WEIGHTS.is_file(), reason="GlyphNet's trained weights are not in the package yet")
 def test_trained_glyphnet_class_logits_pick_their_own_class(glyphnet: VizModel) -> None:
     """The images that excite a class logit most are images of that class (measured: 83 of 90 top-9 images)."""
-    results = top_activating_patches_grid(glyphnet, viztools.GlyphWorld(200, seed=1), "logits", list(range(10)), k=9)
+    results = top_activating_patches_grid(glyphnet, viztools.GlyphWorld(200, seed=1), layer="logits",
+                                          channels=list(range(10)), k=9)
     labels = torch.stack([result.image_indices % 10 for result in results])  # GlyphWorld label = index % 10
     assert labels[:, 0].tolist() == list(range(10))
     assert (labels == torch.arange(10)[:, None]).float().mean() > 0.8

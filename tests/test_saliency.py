@@ -156,7 +156,7 @@ CONV_IMAGE = torch.tensor([[1.0, 1.0, 0.75], [0.0, 0.5, 0.5], [0.5, 1.0, 0.0]]).
     ],
 )
 def test_neuron_gradient_matches_hand_computation(convnet: VizModel, rule: str, expected: list) -> None:
-    result = neuron_gradient(convnet, CONV_IMAGE, "relu2", 0, rule=rule)
+    result = neuron_gradient(convnet, CONV_IMAGE, layer="relu2", channel=0, rule=rule)
     assert isinstance(result, NeuronGradient)
     assert result.position == (0, 0)  # the larger of (3, 1.25)
     assert result.activation == pytest.approx(3.0)
@@ -166,11 +166,11 @@ def test_neuron_gradient_matches_hand_computation(convnet: VizModel, rule: str, 
 
 def test_neuron_gradient_at_explicit_position_and_lower_layer(convnet: VizModel) -> None:
     # relu2[0, 1] = 1.25: gradient at ReLU(h0) = (0, 2, -1), at ReLU(h1) = (0, 1, 3); masks keep h0, h1[1].
-    result = neuron_gradient(convnet, CONV_IMAGE, "relu2", 0, (0, 1))
+    result = neuron_gradient(convnet, CONV_IMAGE, layer="relu2", channel=0, position=(0, 1))
     assert result.activation == pytest.approx(1.25)
     torch.testing.assert_close(result.gradient.view(3, 3), torch.tensor([[0, 2, -1], [0, -1, 1], [0, 1, 0.0]]))
     # relu1 channel 1 = ReLU(h1) = (0, 0.5, 0): default position is its maximum, (0, 1).
-    result = neuron_gradient(convnet, CONV_IMAGE, "relu1", 1)
+    result = neuron_gradient(convnet, CONV_IMAGE, layer="relu1", channel=1)
     assert result.position == (0, 1)
     assert result.activation == pytest.approx(0.5)
     torch.testing.assert_close(result.gradient.view(3, 3), torch.tensor([[0, 0, 0], [0, 1, 0], [0, 1, 0.0]]))
@@ -178,7 +178,7 @@ def test_neuron_gradient_at_explicit_position_and_lower_layer(convnet: VizModel)
 
 def test_neuron_gradient_on_fully_connected_layer(mlp: VizModel) -> None:
     # hidden unit 0 = ReLU(x0 + 2 x1) = 1: its gradient is the first row of W1.
-    result = neuron_gradient(mlp, MLP_PIXEL, "hidden", 0)
+    result = neuron_gradient(mlp, MLP_PIXEL, layer="hidden", channel=0)
     assert result.position is None
     assert result.activation == pytest.approx(1.0)
     torch.testing.assert_close(result.gradient.flatten(), torch.tensor([1.0, 2.0, 0.0]))
@@ -200,8 +200,8 @@ def test_guided_backprop_and_deconvnet_are_non_negative_below_a_first_relu() -> 
     plain = input_gradient(model, image, 0)
     assert (plain < 0).any()
     for rule in ("guided", "deconvnet"):
-        for gradient in (input_gradient(model, image, 0, rule=rule), neuron_gradient(model, image, "conv2", 2,
-                                                                                     rule=rule).gradient):
+        for gradient in (input_gradient(model, image, 0, rule=rule),
+                         neuron_gradient(model, image, layer="conv2", channel=2, rule=rule).gradient):
             assert (gradient >= 0).all()
             assert (gradient > 0).any()
     # Pixels whose normalized value is negative are cut off by the first ReLU's forward mask under guided backprop.
@@ -266,8 +266,9 @@ def test_functional_and_inplace_relus_give_the_module_twins_maps(style: str) -> 
     for rule in RULES:
         expected = input_gradient(reference, TWIN_IMAGE, 1, rule=rule)
         torch.testing.assert_close(input_gradient(twin, TWIN_IMAGE, 1, rule=rule), expected, rtol=0, atol=0)
-        expected = neuron_gradient(reference, TWIN_IMAGE, "right", 2, rule=rule).gradient
-        torch.testing.assert_close(neuron_gradient(twin, TWIN_IMAGE, "right", 2, rule=rule).gradient, expected,
+        expected = neuron_gradient(reference, TWIN_IMAGE, layer="right", channel=2, rule=rule).gradient
+        torch.testing.assert_close(neuron_gradient(twin, TWIN_IMAGE, layer="right", channel=2, rule=rule).gradient,
+                                   expected,
                                    rtol=0, atol=0)
     assert not has_hooks(twin.network)
 
@@ -314,21 +315,21 @@ def test_glyphnet_shapes_and_receptive_field(glyph: VizModel, glyph_image: torch
     assert saliency(glyph, glyph_image).shape == (64, 64)
     assert guided_backprop(glyph, glyph_image, "star").shape == (3, 64, 64)
     for rule in RULES:
-        result = neuron_gradient(glyph, glyph_image, "conv2", 5, rule=rule)
+        result = neuron_gradient(glyph, glyph_image, layer="conv2", channel=5, rule=rule)
         rows, cols = receptive_field(glyph, "conv2", result.position)
         outside = torch.ones(64, 64, dtype=torch.bool)
         outside[rows, cols] = False
         assert (result.gradient[:, outside] == 0).all()
         assert (result.gradient != 0).any()
-    fully_connected = neuron_gradient(glyph, glyph_image, "fc1", 7, rule="guided")
+    fully_connected = neuron_gradient(glyph, glyph_image, layer="fc1", channel=7, rule="guided")
     assert fully_connected.position is None and fully_connected.gradient.shape == (3, 64, 64)
 
 
 def test_deterministic(glyph: VizModel, glyph_image: torch.Tensor) -> None:
     for rule in RULES:
         assert torch.equal(input_gradient(glyph, glyph_image, rule=rule), input_gradient(glyph, glyph_image, rule=rule))
-        first = neuron_gradient(glyph, glyph_image, "pool2", 9, rule=rule)
-        second = neuron_gradient(glyph, glyph_image, "pool2", 9, rule=rule)
+        first = neuron_gradient(glyph, glyph_image, layer="pool2", channel=9, rule=rule)
+        second = neuron_gradient(glyph, glyph_image, layer="pool2", channel=9, rule=rule)
         assert first.position == second.position and torch.equal(first.gradient, second.gradient)
 
 
@@ -357,8 +358,8 @@ def test_random_squeezenet_matches_captum_and_rules_differ_from_plain() -> None:
         torch.testing.assert_close(ours, theirs)
         assert ours.abs().sum() > 0
         assert not torch.allclose(ours, plain)
-        unit = neuron_gradient(model, image, "fire3", 20, rule=rule)
-        assert not torch.allclose(unit.gradient, neuron_gradient(model, image, "fire3", 20).gradient)
+        unit = neuron_gradient(model, image, layer="fire3", channel=20, rule=rule)
+        assert not torch.allclose(unit.gradient, neuron_gradient(model, image, layer="fire3", channel=20).gradient)
     assert not has_hooks(model.network)
 
 
@@ -372,15 +373,15 @@ def test_model_left_unchanged_also_after_errors(glyph: VizModel, glyph_image: to
     state = {name: tensor.clone() for name, tensor in glyph.network.state_dict().items()}
     for rule in RULES:
         input_gradient(glyph, glyph_image, 3, rule=rule)
-        neuron_gradient(glyph, glyph_image, "conv3", 1, rule=rule)
+        neuron_gradient(glyph, glyph_image, layer="conv3", channel=1, rule=rule)
     assert not has_hooks(glyph.network)
     too_small = viztools.load_image("cat", 32)  # the classifier's Linear cannot run: caught before any hook
     with pytest.raises(ValueError, match="cannot classify a 32x32 px image"):
         input_gradient(glyph, too_small, 3, rule="guided")
     with pytest.raises(ValueError, match="cannot classify a 32x32 px image"):
-        neuron_gradient(glyph, too_small, "fc1", 0, rule="deconvnet")
+        neuron_gradient(glyph, too_small, layer="fc1", channel=0, rule="deconvnet")
     with pytest.raises(ValueError, match="channel"):
-        neuron_gradient(glyph, glyph_image, "conv2", layer_output_shape(glyph, "conv2")[0], rule="guided")
+        neuron_gradient(glyph, glyph_image, layer="conv2", channel=layer_output_shape(glyph, "conv2")[0], rule="guided")
     assert not has_hooks(glyph.network)
     assert torch.equal(raw_input_gradient(glyph, glyph_image, 3), before)  # no ReLU rule lingers
     assert all(torch.equal(tensor, state[name]) for name, tensor in glyph.network.state_dict().items())
@@ -390,18 +391,18 @@ def test_model_left_unchanged_also_after_errors(glyph: VizModel, glyph_image: to
 
 def test_errors_say_what_to_do(glyph: VizModel, glyph_image: torch.Tensor) -> None:
     with pytest.raises(ValueError, match=r"Unknown layer 'conv9'.*conv1"):
-        neuron_gradient(glyph, glyph_image, "conv9", 0)
+        neuron_gradient(glyph, glyph_image, layer="conv9", channel=0)
     channels, height, _ = layer_output_shape(glyph, "conv2")
     with pytest.raises(ValueError, match=rf"channel of layer 'conv2' must be an integer in \[0, {channels - 1}\]"):
-        neuron_gradient(glyph, glyph_image, "conv2", channels)
+        neuron_gradient(glyph, glyph_image, layer="conv2", channel=channels)
     with pytest.raises(ValueError, match=rf"row of layer 'conv2' must be an integer in \[0, {height - 1}\]"):
-        neuron_gradient(glyph, glyph_image, "conv2", 0, (height, 0))
+        neuron_gradient(glyph, glyph_image, layer="conv2", channel=0, position=(height, 0))
     with pytest.raises(TypeError, match=r"position must be a \(row, col\) pair"):
-        neuron_gradient(glyph, glyph_image, "conv2", 0, 5)
+        neuron_gradient(glyph, glyph_image, layer="conv2", channel=0, position=5)
     with pytest.raises(ValueError, match=r"fully connected.*position=None"):
-        neuron_gradient(glyph, glyph_image, "fc1", 0, (0, 0))
+        neuron_gradient(glyph, glyph_image, layer="fc1", channel=0, position=(0, 0))
     with pytest.raises(ValueError, match=r"Unknown rule 'guide'\. Did you mean 'guided'"):
-        neuron_gradient(glyph, glyph_image, "conv2", 0, rule="guide")
+        neuron_gradient(glyph, glyph_image, layer="conv2", channel=0, rule="guide")
     with pytest.raises(ValueError, match="Unknown rule"):
         input_gradient(glyph, glyph_image, rule="smooth")
     with pytest.raises(ValueError, match=r"shape \(1, 3, H, W\)"):
@@ -425,7 +426,7 @@ def test_images_that_are_not_pixels_are_rejected(glyph: VizModel, glyph_image: t
     with pytest.raises(TypeError, match=r"VizModel, not a plain torch\.nn\.Module"):
         function(glyph.network, glyph_image)
     with pytest.raises(ValueError, match="NaN or infinite"):
-        neuron_gradient(glyph, torch.full_like(glyph_image, float("nan")), "conv1", 0)
+        neuron_gradient(glyph, torch.full_like(glyph_image, float("nan")), layer="conv1", channel=0)
 
 
 def test_training_mode_is_rejected(mlp: VizModel) -> None:

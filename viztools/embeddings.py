@@ -58,8 +58,8 @@ class Embedding:
 def layer_features(
     model: VizModel,
     images: object,
-    layer: str,
     *,
+    layer: str,
     pooling: str = "average",
     batch_size: int = 128,
     thumbnail_size: int | None = None,
@@ -96,8 +96,8 @@ def layer_features(
 def tsne_embedding(
     model: VizModel,
     images: object,
-    layer: str,
     *,
+    layer: str,
     labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     class_names: Sequence[str] | None = None,
     pooling: str = "average",
@@ -125,7 +125,7 @@ def tsne_embedding(
         threads = check_int(threads, "threads", low=1)
     if pca_dims is not None:
         pca_dims = check_int(pca_dims, "pca_dims", low=2)
-    features, found_labels, thumbnails = layer_features(model, images, layer, pooling=pooling,
+    features, found_labels, thumbnails = layer_features(model, images, layer=layer, pooling=pooling,
                                                         batch_size=batch_size, thumbnail_size=thumbnail_size)
     count = len(features)
     if perplexity >= count:

@@ -182,8 +182,8 @@ def _mosaic(tiles: list[list[np.ndarray]], padding: int, gap: tuple[float, float
 
 def filter_grid(
     model: VizModel,
-    layer: str,
     *,
+    layer: str,
     channels: Sequence[int] | None = None,
     input_channels: Sequence[int] | None = None,
     mode: str = "auto",
@@ -249,8 +249,8 @@ def filter_grid(
 def plot_filters(grid: FilterGrid, *, ax: Axes | None = None) -> Figure:
     """Draw a :func:`filter_grid` as one image; pass ``ax`` to put two models' first layers side by side."""
     if not isinstance(grid, FilterGrid):
-        raise TypeError(f"plot_filters takes the result of filter_grid(model, layer, ...); got {type(grid).__name__}."
-                        " Example: plot_filters(filter_grid(model, 'conv1')).")
+        raise TypeError(f"plot_filters takes the result of filter_grid(model, layer=...); got {type(grid).__name__}."
+                        " Example: plot_filters(filter_grid(model, layer='conv1')).")
     out_count, in_count, kh, kw = grid.weight_shape
     height, width = grid.mosaic.shape[:2]
     scale = 6.0 / max(height, width)

@@ -151,9 +151,9 @@ def _running_top_k(
 def top_activating_patches_grid(
     model: VizModel,
     images: object,
+    *,
     layer: str,
     channels: Sequence[int],
-    *,
     k: int = 9,
     position: tuple[int, int] | None = None,
     batch_size: int = 128,
@@ -197,9 +197,9 @@ def top_activating_patches_grid(
 def top_activating_patches(
     model: VizModel,
     images: object,
+    *,
     layer: str,
     channel: int,
-    *,
     k: int = 9,
     position: tuple[int, int] | None = None,
     batch_size: int = 128,
@@ -213,7 +213,7 @@ def top_activating_patches(
     Images are streamed in
     batches of ``batch_size``; peak memory is about one batch of the layer's activations.
     """
-    return top_activating_patches_grid(model, images, layer, [channel], k=k, position=position,
+    return top_activating_patches_grid(model, images, layer=layer, channels=[channel], k=k, position=position,
                                        batch_size=batch_size)[0]
 
 

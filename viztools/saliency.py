@@ -197,10 +197,10 @@ class NeuronGradient:
 def neuron_gradient(
     model: VizModel,
     image: torch.Tensor,
+    *,
     layer: str,
     channel: int,
     position: tuple[int, int] | None = None,
-    *,
     rule: str = "plain",
 ) -> NeuronGradient:
     """Backpropagate from one unit of ``layer`` to the image (Zeiler & Fergus 2014; Springenberg et al. 2015).
