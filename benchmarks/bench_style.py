@@ -29,7 +29,13 @@ import torch
 import viztools
 from viztools.models import VizModel
 from viztools.optimize import Progress, TotalVariation, forward_activations
-from viztools.style import DEFAULT_LR, DEFAULT_STYLE_WEIGHT, default_layers, style_transfer, style_transfer_objective
+from viztools.style import (
+    DEFAULT_LR,
+    DEFAULT_STYLE_WEIGHT,
+    default_layers,
+    style_transfer_objective,
+    style_transfer_optimization,
+)
 
 #: The shared ImageNet SqueezeNet 1.0 weights the tests use ($VIZTOOLS_TEST_WEIGHTS overrides).
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "squeezenet1_0_imagenet_fp16.pth"
@@ -120,8 +126,10 @@ def main() -> None:
     runs = {
         "classic loop (Adam)": classic_loop(model, content, style, content_layer, list(style_layers),
                                             DEFAULT_STYLE_WEIGHT, tv_weight, DEFAULT_LR["adam"]),
-        "viztools (Adam)": _timed(style_transfer(model, content, style, optimizer="adam", tv_weight=tv_weight)),
-        "viztools (L-BFGS)": _timed(style_transfer(model, content, style, optimizer="lbfgs", tv_weight=tv_weight)),
+        "viztools (Adam)": _timed(style_transfer_optimization(model, content, style, optimizer="adam",
+                                                              tv_weight=tv_weight)),
+        "viztools (L-BFGS)": _timed(style_transfer_optimization(model, content, style, optimizer="lbfgs",
+                                                                tv_weight=tv_weight)),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
     first_loss: dict[str, float] = {}
