@@ -50,11 +50,11 @@ class StyleExplorer(Explorer):
         slider = {"continuous_update": False, "style": CONTROL_STYLE, "layout": ipywidgets.Layout(width="320px")}
         log = {"base": 10, "step": 0.25, "readout_format": ".3g", **slider}
         self.style_sliders = [
-            ipywidgets.FloatLogSlider(value=DEFAULT_STYLE_WEIGHT, min=-2, max=3, description=f"style {layer}", **log)
+            ipywidgets.FloatLogSlider(value=DEFAULT_STYLE_WEIGHT, min=-2, max=3, description=layer, **log)
             for layer in self.style_layers
         ]
         self.content_slider = ipywidgets.FloatLogSlider(value=content_weight, min=-3, max=2,
-                                                        description=f"content {self.content_layer}", **log)
+                                                        description="content", **log)
         self.tv_slider = ipywidgets.FloatLogSlider(value=tv_weight, min=-3, max=3, description="TV", **log)
         self.optimizer_toggle = ipywidgets.ToggleButtons(options=[("L-BFGS", "lbfgs"), ("Adam", "adam")],
                                                          value=optimizer, style={"button_width": "80px"})
@@ -66,7 +66,9 @@ class StyleExplorer(Explorer):
         self.on_display(self.log_box)
         self.assemble([ipywidgets.VBox([self.content_picker, self.style_picker, self.content_slider, self.tv_slider,
                                         described("optimizer", self.optimizer_toggle)]),
-                       ipywidgets.VBox([*self.style_sliders, self.steps_slider, self.log_box])], live=True)
+                       ipywidgets.VBox([ipywidgets.HTML(f"<b>Gram-matrix (style) weight per layer</b>; content "
+                                                        f"layer: {self.content_layer}"),
+                                        *self.style_sliders, self.steps_slider, self.log_box])], live=True)
         self._guarded(self.refresh, "Starting")
 
     def compute_key(self) -> Hashable:
