@@ -3,6 +3,7 @@
 from viztools.widgets.adversarial import AdversarialExplorer
 from viztools.widgets.class_visualization import ClassVisualizer
 from viztools.widgets.deepdream import DeepDreamExplorer
+from viztools.widgets.embeddings import EmbeddingExplorer
 from viztools.widgets.inversion import InversionExplorer
 from viztools.widgets.layers import LayerExplorer
 from viztools.widgets.occlusion import OcclusionExplorer
@@ -13,6 +14,7 @@ __all__ = [
     "AdversarialExplorer",
     "ClassVisualizer",
     "DeepDreamExplorer",
+    "EmbeddingExplorer",
     "InversionExplorer",
     "LayerExplorer",
     "OcclusionExplorer",
