@@ -36,9 +36,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         monkeypatch.setitem(saliency_widget._CLASS_MAPS, name, counting)
     real_neuron = saliency_widget.neuron_gradient
 
-    def neuron(model, image, layer, channel, **options):
+    def neuron(model, image, **options):
         made.append(f"neuron {options.get('rule')}")
-        return real_neuron(model, image, layer, channel, **options)
+        return real_neuron(model, image, **options)
 
     monkeypatch.setattr(saliency_widget, "neuron_gradient", neuron)
     return made

@@ -129,7 +129,7 @@ class SaliencyExplorer(Explorer):
             yield SaliencyMaps.of(pixels, maps, note, predictions)
             return
         layer, channel = unit
-        units = {rule: neuron_gradient(self.model, pixels, layer, channel, rule=rule)
+        units = {rule: neuron_gradient(self.model, pixels, layer=layer, channel=channel, rule=rule)
                  for rule in (_RULES if compare else ["plain"])}
         first = units["plain"]
         activations = get_activations(self.model, pixels, [layer])[layer][0]
