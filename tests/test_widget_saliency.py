@@ -161,3 +161,12 @@ def test_close_leaves_no_hooks_and_the_model_unchanged(glyphnet, star):
 def test_bad_layer_is_refused_with_the_choices(glyphnet, star):
     with pytest.raises(ValueError, match="conv1"):
         SaliencyExplorer(glyphnet, star, method="neuron gradient", layer="features")
+
+
+def test_an_all_zero_map_is_drawn_grey_and_said_to_be_zero(glyphnet, star, monkeypatch):
+    monkeypatch.setitem(saliency_widget._CLASS_MAPS, "deconvnet", lambda model, image, target: torch.zeros(3, 64, 64))
+    explorer = SaliencyExplorer(glyphnet, star, method="deconvnet", scale=0.5).wait()
+    assert explorer.last_error is None and "deconvnet (all zero)" in explorer.summary.value
+    explorer.hold_box.value = True
+    assert explorer.last_error is None and explorer._held == {}, "nothing to hold"
+    explorer.close()

@@ -163,22 +163,23 @@ class SaliencyExplorer(Explorer):
     def describe(self, result: SaliencyMaps) -> str:
         self.side.value = result.predictions
         held = " (held)" if self.hold_box.value else ""
-        scales = ", ".join(f"{title} {limit:.2g}" for title, limit in self._scales.items())
+        scales = ", ".join(f"{title} {limit:.2g}" if limit else f"{title} (all zero)"
+                           for title, limit in self._scales.items())
         field = "" if result.field is None else (f"; receptive field {result.field[0].stop - result.field[0].start}"
                                                  f" x {result.field[1].stop - result.field[1].start} px (gold box)")
         return (f'<div style="font-size:{self.font_size}px">{result.note}{field}<br>full colour at |gradient| = '
                 f"{scales}{held}</div>")
 
     def _limit(self, title: str, magnitude: np.ndarray) -> float:
-        """The value where ``title``'s colours saturate: the clip percentile, or the held value."""
+        """The value where ``title``'s colours saturate: the clip percentile, or the held value (1 for an
+        all-zero map, which then shows no colour)."""
         limit = self._held.get(title) if self.hold_box.value else None
         if limit is None:
-            limit = float(np.percentile(magnitude, self.clip_slider.value))
-            limit = limit if limit > 0 else float(magnitude.max()) or 1.0
-            if self.hold_box.value:
+            limit = float(np.percentile(magnitude, self.clip_slider.value)) or float(magnitude.max())
+            if self.hold_box.value and limit > 0:
                 self._held[title] = limit
         self._scales[title] = limit
-        return limit
+        return limit or 1.0
 
     def _new_image(self) -> None:
         """Offer the new image's top classes and explain its top one (the runner is idle first: its hooks would
