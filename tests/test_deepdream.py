@@ -156,3 +156,10 @@ def test_glyphnet_dreams_at_any_size_although_fc1_needs_64_px(glyphnet):
     with pytest.raises(ValueError, match="cannot process a 96x80 image"):
         deepdream(glyphnet, image, layer="fc1", octaves=1)
     assert not has_hooks(glyphnet.network)
+
+
+def test_should_stop_sees_the_octave_of_each_step():
+    model, image = dream_model(), photo()
+    seen = []
+    deepdream(model, image, layer="conv2", steps=2, octaves=3, should_stop=lambda p: seen.append((p.stage, p.step)))
+    assert seen == [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]

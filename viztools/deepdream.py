@@ -10,7 +10,7 @@ classifier that needs a fixed size (GlyphNet's ``fc1``) is never run. Built on :
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -121,7 +121,8 @@ def deepdream_optimization(
         start = (_resize(original, size) + _resize(detail, size)).clamp(0.0, 1.0)
         return optimize(
             model, start, LayerDream(layer), steps=steps, optimizer="sgd", lr=lr, normalize_gradient="mean_abs",
-            transforms=[Jitter(min(jitter, min(size) - 1))], every=every, should_stop=should_stop,
+            transforms=[Jitter(min(jitter, min(size) - 1))], every=every,
+            should_stop=None if should_stop is None else lambda progress: should_stop(replace(progress, stage=index)),
             seed=None if seed is None else seed + index,
         )
 
