@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable, Sequence
 from numbers import Integral, Real
 from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a check needs it, so the command line and the grader start fast
+    import torch
 
-if TYPE_CHECKING:
     from viztools.models import VizModel
 
 
@@ -64,6 +64,8 @@ def check_image(
     ``pixels=True`` (every technique's entry point) also requires finite values in [0, 1]; ``model`` also checks
     that the model's classifier can run at the image's size (:meth:`VizModel.check_input_size`).
     """
+    import torch
+
     if isinstance(image, str):
         class_hint = f"; if {image!r} is a class, pass it as target={image!r}" if name == "image" else ""
         raise TypeError(
@@ -94,6 +96,8 @@ def check_image(
 
 
 def _check_pixel_values(image: torch.Tensor, name: str) -> None:
+    import torch
+
     values = image.detach()
     if not bool(torch.isfinite(values).all()):
         raise ValueError(
@@ -112,6 +116,8 @@ def _check_pixel_values(image: torch.Tensor, name: str) -> None:
 
 def check_model(model: object, name: str = "model") -> VizModel:
     """Return ``model`` if it is a :class:`~viztools.models.VizModel`; otherwise raise saying how to get one."""
+    import torch
+
     from viztools.models import VizModel
 
     if isinstance(model, VizModel):
@@ -129,6 +135,8 @@ def check_model(model: object, name: str = "model") -> VizModel:
 def make_generator(seed: int | torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator:
     """A random generator: seeded with ``seed`` (a non-negative int), fresh randomness for ``None``, or
     ``seed`` itself when it is already a ``torch.Generator``. The one meaning of ``seed`` across viztools."""
+    import torch
+
     if isinstance(seed, torch.Generator):
         return seed
     generator = torch.Generator(device=device)
