@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
+import time
 from collections.abc import Hashable, Iterator
 
 import ipywidgets
@@ -26,8 +27,10 @@ from viztools.widgets.base import Explorer
 from viztools.widgets.controls import CONTROL_STYLE, ImagePicker, LayerPicker, described, sample_images
 
 VIEWS = ("channel", "all: best patches", "all: maps")
-#: Channels per pass over the data set once the chosen channel's patches are shown.
+#: At most this many channels per pass over the data set, aiming at PASS_SECONDS per pass (the channel on
+#: display goes first in each pass, so moving the slider re-prioritizes the remaining work).
 CHUNK = 32
+PASS_SECONDS = 2.0
 _GREY = 200
 FRAME_COLOUR = (80, 220, 255)
 
@@ -120,21 +123,22 @@ class LayerExplorer(Explorer):
             self._per_layer[layer] = (*_filters(self.model, layer), _geometry(self.model, layer))
         done = self._patches.setdefault(layer, {})
         view = LayerView(layer, pixels, maps, *self._per_layer[layer], done)
-        count = maps.shape[0]
-        first = min(self.channel_slider.value, count - 1)
-        todo = [c for c in [*range(first, count), *range(first)] if c not in done]
-        chunks = [todo[:1]] + [todo[i : i + CHUNK] for i in range(1, len(todo), CHUNK)] if todo else []
+        count = len(maps)
         data = _Stoppable(sample_images(self.model, self.count)[0], job)
-        for chunk in chunks:
+        size = 1  # channels per pass over the data set: grows until a pass takes about PASS_SECONDS
+        while len(done) < count:
             yield view
-            job.publish(lambda: self.progress.update(len(done), count, f"top patches: {len(done)} of {count} "
-                                                                       "channels"))
+            job.publish(lambda: self.progress.update(len(done), count, f"top patches: {len(done)} of {count}"))
+            first = min(self.channel_slider.value, count - 1)  # the channel on display first
+            chunk = [c for c in [*range(first, count), *range(first)] if c not in done][:size]
+            started = time.perf_counter()
             try:
                 found = top_activating_patches_grid(self.model, data, layer=layer, channels=chunk, k=self.k)
             except _CancelledError:
                 return
             with self._runner.lock:
                 done.update(zip(chunk, found, strict=True))
+            size = max(1, min(CHUNK, round(size * PASS_SECONDS / (time.perf_counter() - started))))
         yield view
 
     def draw(self, view: LayerView) -> np.ndarray:
@@ -148,7 +152,7 @@ class LayerExplorer(Explorer):
         side, half = self.panel, self.panel // 2
         on_image = (f"channel {channel} on the image" if view.geometry is not None
                     else f"channel {channel}: {view.maps[channel]:.2f}")
-        panels = [titled(self._filter_panel(view, channel, half), "no filter" if view.filters is None else "filter",
+        panels = [titled(self._filter_panel(view, channel, half), self._filter_title(view, channel),
                          size=self.font_size),
                   titled(self._map_panel(view, channel, side), on_image, size=self.font_size)]
         result = view.patches.get(channel)
@@ -168,7 +172,8 @@ class LayerExplorer(Explorer):
         else:
             out, inputs, kh, kw = view.filters.weight_shape
             shown = "RGB" if view.filters.mode == "rgb" else f"first {len(view.filters.input_channels)} inputs"
-            parts.append(f"filters of {view.filters.conv_path}: {out} x {inputs} x {kh} x {kw} ({shown})")
+            parts.append(f"filters of {view.filters.conv_path}: {out} x {inputs} x {kh} x {kw} ({shown})"
+                         + ("; this channel comes from another branch" if _filter_index(view, channel) < 0 else ""))
         parts.append(f"on the image: max {values.max():.2f}")
         if view.geometry is not None:
             parts.append(f"receptive field {view.geometry.size} px (box on the image)")
@@ -206,7 +211,7 @@ class LayerExplorer(Explorer):
         panel = np.full((side, side, 3), 255, np.uint8)
         if view.filters is None:
             return panel
-        index = channel - (len(view.maps) - len(view.filters.channels))  # a Fire block's 3x3 half comes last
+        index = _filter_index(view, channel)
         if index < 0:
             return panel
         tiles = view.filters.tiles[index]
@@ -215,6 +220,11 @@ class LayerExplorer(Explorer):
         columns = math.ceil(math.sqrt(len(tiles)))
         tile = (side - 4 * (columns - 1)) // columns
         return _mosaic([resize_rgb(to_rgb_uint8(t), (tile, tile), smooth=False) for t in tiles], columns, tile, 4)
+
+    def _filter_title(self, view: LayerView, channel: int) -> str:
+        if view.filters is None:
+            return "no filter"
+        return "filter" if _filter_index(view, channel) >= 0 else "other branch"
 
     def _patch_tile(self, result: PatchesResult | None, index: int, side: int | None = None) -> np.ndarray:
         side = side or 32
@@ -249,6 +259,12 @@ def _filters(model: VizModel, layer: str) -> tuple[FilterGrid | None, str]:
         return None, str(error).split(";")[0]
     inputs = None if conv.in_channels == 3 else list(range(min(8, conv.in_channels)))
     return filter_grid(model, layer=layer, channels=list(range(conv.out_channels)), input_channels=inputs), ""
+
+
+def _filter_index(view: LayerView, channel: int) -> int:
+    """The filter of ``channel`` in ``view.filters``; negative when another branch makes it (a Fire block's 1x1
+    expand half, which comes before the 3x3 half whose filters are shown)."""
+    return channel - (len(view.maps) - len(view.filters.channels))
 
 
 def _geometry(model: VizModel, layer: str) -> ReceptiveFieldGeometry | None:
