@@ -116,3 +116,32 @@ def test_receptive_fields_of_other_architectures(name, layer, expected):
     model = viztools.load_model(name, weights="random")
     geometry = receptive_field_geometry(model, layer)
     assert (geometry.size, geometry.stride, geometry.offset) == expected
+
+
+def test_a_background_forward_pass_does_not_disturb_another_threads_forward_passes():
+    import threading
+
+    from viztools.hooks import forward_activations
+
+    model = viztools.load_model("glyphnet", weights="random")
+    image = torch.rand(1, 3, 64, 64)
+    expected = model(image)
+    done, failures = threading.Event(), []
+
+    def background() -> None:
+        while not done.is_set():
+            forward_activations(model, torch.rand(1, 3, 64, 64), ["conv2"])  # hooks that stop at conv2
+
+    worker = threading.Thread(target=background)
+    worker.start()
+    try:
+        for _ in range(200):
+            try:
+                torch.testing.assert_close(model(image), expected)
+            except Exception as error:  # the hooks of the other thread must neither stop nor alter this pass
+                failures.append(error)
+    finally:
+        done.set()
+        worker.join()
+    assert failures == []
+    assert not has_hooks(model.network)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -34,19 +36,31 @@ def attach(
 
     ``forward(module, inputs, output)``, ``forward_pre(module, inputs)`` and ``backward(module, grad_input,
     grad_output)`` (a full backward hook) follow torch's signatures; each may return a replacement value.
+    Forward hooks act only on forward passes of the thread that attached them: a widget's background computation
+    never records, or stops, a forward pass that another thread runs on the same model at the same time.
     """
     handles = []
     try:
         if forward_pre is not None:
-            handles.append(module.register_forward_pre_hook(forward_pre))
+            handles.append(module.register_forward_pre_hook(_this_thread_only(forward_pre)))
         if forward is not None:
-            handles.append(module.register_forward_hook(forward))
+            handles.append(module.register_forward_hook(_this_thread_only(forward)))
         if backward is not None:
             handles.append(module.register_full_backward_hook(backward))
         yield module
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _this_thread_only(hook: Hook) -> Hook:
+    owner = threading.get_ident()
+
+    @functools.wraps(hook)
+    def guarded(*args: object) -> object:
+        return hook(*args) if threading.get_ident() == owner else None
+
+    return guarded
 
 
 def has_hooks(module: nn.Module) -> bool:
