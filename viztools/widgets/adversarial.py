@@ -63,9 +63,7 @@ class AdversarialExplorer(Explorer):
         self.magnify_slider = ipywidgets.IntSlider(value=10, min=1, max=100, description="magnify x", **slider)
         self.max_steps = max_steps
         self._side_shows: object | None = None
-        self.image_picker.upload.observe(lambda change: self._guarded(self.image_picker.take_upload, "Uploading"),
-                                         names="value")
-        self.on_compute(self.image_picker.dropdown, self.class_picker, self.method_picker, self.targeted_box,
+        self.on_compute(self.image_picker, self.class_picker, self.method_picker, self.targeted_box,
                         self.epsilon_slider)
         self.on_display(self.magnify_slider)
         self.assemble([ipywidgets.VBox([self.image_picker, self.class_picker, self.epsilon_slider]),
@@ -74,12 +72,12 @@ class AdversarialExplorer(Explorer):
         self._guarded(self.refresh, "Starting")
 
     def compute_key(self) -> Hashable:
-        return (self.image_picker.value, self.class_picker.resolve(self.class_picker.value), self.method_picker.value,
+        return (self.image_picker.key, self.class_picker.resolve(self.class_picker.value), self.method_picker.value,
                 self.targeted_box.value, self.epsilon_slider.value)
 
     def compute(self, key: Hashable, job: Job) -> Iterator[FoolingResult | Frame]:
-        _, target, method, targeted, epsilon_levels = key
-        pixels = self._original = self.image_picker.pixels
+        image_key, target, method, targeted, epsilon_levels = key
+        pixels = self._original = self.image_picker.pixels_for(image_key)
         self.class_picker.rank(pixels)
         if method == "fooling image":
             self.expected_steps = self.max_steps
