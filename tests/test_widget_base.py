@@ -191,3 +191,4 @@ def test_loss_curves_draw_one_line_per_term_inside_the_frame():
     assert chart.shape == (120, 200, 3)
     assert not (chart == 255).all()
     assert loss_curves([], (50, 80)).shape == (50, 80, 3)
+    assert loss_curves(history, (120, 30)).shape == (120, 30, 3)  # too narrow for the chart: no error

@@ -45,8 +45,10 @@ def loss_curves(
     top = font_size + 10
     legend_height = (font_size + 4) * math.ceil(len(names) / 2) if names else 0
     bottom, right = height - font_size - 8 - legend_height, width - 8
+    if bottom - top < 10 or right - left < 10:  # too small to draw a chart in
+        return np.asarray(canvas)
     draw.rectangle((left, top, right, bottom), outline=TEXT_COLOUR)
-    if not values or len(history) < 1 or bottom - top < 10:
+    if not values:
         return np.asarray(canvas)
     steps = max(len(history) - 1, 1)
 
