@@ -37,12 +37,14 @@ _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 @dataclass
 class TsneMap:
     """A t-SNE map, each point's nearest neighbours in feature space ``(n, NEIGHBOURS)``, the agreement of
-    map neighbourhoods with the classes, and what was embedded (``"fc1 features"``, ``"raw pixels"``)."""
+    map neighbourhoods with the labels, what was embedded (``"fc1 features"``, ``"raw pixels"``) and what the
+    labels are (``"class"``, or ``"photograph"`` for photo crops)."""
 
     embedding: Embedding
     neighbours: np.ndarray
     agreement: float
     what: str
+    by: str
 
 
 class EmbeddingExplorer(Explorer):
@@ -82,10 +84,11 @@ class EmbeddingExplorer(Explorer):
             "legend": {"font": {"size": self.font_size - 2}, "itemsizing": "constant"},
             "title": {"text": "computing t-SNE ...", "font": {"size": self.font_size}}})
         for colour in _COLOURS:
-            self.figure.add_scatter(x=[], y=[], mode="markers", marker={"color": colour, "size": 7}, visible=False,
-                                    hovertemplate="#%{customdata}<extra>%{fullData.name}</extra>")
+            self.figure.add_scatter(x=[], y=[], mode="markers", marker={"color": colour, "size": round(7 * self.scale)},
+                                    visible=False, hovertemplate="#%{customdata}<extra>%{fullData.name}</extra>")
         self.figure.add_scatter(x=[], y=[], mode="markers", name="chosen and neighbours", hoverinfo="skip",
-                                marker={"symbol": "circle-open", "size": 14, "color": "black", "line": {"width": 2}})
+                                marker={"symbol": "circle-open", "size": round(14 * self.scale), "color": "black",
+                                        "line": {"width": 2}})
         for trace in self.figure.data[:-1]:
             trace.on_click(self._picked)
             trace.on_hover(self._picked)
@@ -111,7 +114,8 @@ class EmbeddingExplorer(Explorer):
         neighbours = NearestNeighbors(n_neighbors=NEIGHBOURS).fit(embedding.features).kneighbors(
             return_distance=False)
         agreement = knn_label_agreement(embedding.coordinates, embedding.labels)
-        yield TsneMap(embedding, neighbours, agreement, "raw pixels" if raw else f"{layer} features")
+        yield TsneMap(embedding, neighbours, agreement, "raw pixels" if raw else f"{layer} features",
+                      "class" if self.model.name == "glyphnet" else "photograph")
 
     def draw(self, result: TsneMap) -> np.ndarray:
         if result is not self._plotted:
@@ -132,9 +136,9 @@ class EmbeddingExplorer(Explorer):
         labels = result.embedding.labels
         same = int((labels[result.neighbours[self.selected]] == labels[self.selected]).sum())
         return (f'<div style="font-size:{self.font_size}px">t-SNE of {html.escape(result.what)} '
-                f"({len(labels)} images): map neighbourhoods agree with the class {result.agreement:.2f} "
+                f"({len(labels)} images): map neighbourhoods agree with the {result.by} {result.agreement:.2f} "
                 f"(chance {chance_label_agreement(labels):.2f}). Image #{self.selected}: {same} of {NEIGHBOURS} "
-                "nearest neighbours share its class (green). Hover or click a point.</div>")
+                f"nearest neighbours share its {result.by} (green). Hover or click a point.</div>")
 
     def select(self, index: int) -> None:
         """Show image ``index`` and its neighbours (what hovering or clicking its point does)."""
@@ -157,7 +161,7 @@ class EmbeddingExplorer(Explorer):
                 chosen = np.flatnonzero(embedding.labels == label)
                 trace.update(x=x[chosen], y=y[chosen], customdata=chosen, visible=len(chosen) > 0,
                              name=embedding.class_names[label] if label < len(embedding.class_names) else "")
-            self.figure.layout.title.text = f"t-SNE of {result.what}, coloured by class"
+            self.figure.layout.title.text = f"t-SNE of {result.what}, coloured by {result.by}"
             self._highlight(result)
         self._plotted = result
 
