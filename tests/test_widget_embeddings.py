@@ -48,7 +48,7 @@ def test_the_map_is_one_figure_coloured_by_class_and_hover_shows_neighbours(mode
     shown = [trace for trace in traces[:-1] if trace.visible]
     assert len(shown) == 10 and sum(len(trace.x) for trace in shown) == 60
     assert {trace.name for trace in shown} == set(model.categories)
-    assert "fc1 features" in figure.layout.title.text and "agree with the class" in explorer.summary.value
+    assert "t-SNE of fc1 features" in explorer.summary.value and "agree with the class" in explorer.summary.value
     first = explorer.png()
     assert decode_png(first).shape[1] <= explorer.panel, "the side panel stays narrow beside the map"
     star = traces[6]  # class 6 is "star"
@@ -70,10 +70,10 @@ def test_raw_pixels_recompute_in_the_same_figure_and_revisits_come_from_the_cach
     explorer.wait()
     assert len(maps) == 2 and maps[1]["layer"] == "pixels" and maps[1]["pooling"] == "flatten"
     assert maps[1]["model"].layers == {"pixels": "0"}
-    assert "raw pixels" in explorer.figure.layout.title.text and list(explorer.figure.data) == traces
+    assert "t-SNE of raw pixels" in explorer.summary.value and list(explorer.figure.data) == traces
     assert explorer.selected == 5, "the same image, now with its pixel-space neighbours"
     explorer.source_picker.value = "features"
-    assert not explorer.busy and len(maps) == 2 and "fc1 features" in explorer.figure.layout.title.text
+    assert not explorer.busy and len(maps) == 2 and "fc1 features" in explorer.summary.value
     explorer.close()
 
 
@@ -83,7 +83,7 @@ def test_a_new_setting_supersedes_the_old_and_errors_show_in_the_widget(model, m
     explorer.layer_picker.value = "conv4"
     explorer.wait()
     assert explorer.shown_key == ("conv4", 5.0, "features") and explorer.last_error is None
-    assert "conv4 features" in explorer.figure.layout.title.text
+    assert "conv4 features" in explorer.summary.value
 
     def failing(model, images, **options):
         raise ValueError("perplexity must be smaller than the number of images")

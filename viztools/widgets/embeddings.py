@@ -79,10 +79,10 @@ class EmbeddingExplorer(Explorer):
                                                       style={"button_width": "100px"})
         self.figure = go.FigureWidget(layout={
             "width": round(1.9 * self.panel), "height": round(1.75 * self.panel), "font": {"size": self.font_size},
-            "margin": {"l": 10, "r": 10, "t": round(2.4 * self.font_size), "b": 10}, "hovermode": "closest",
+            "margin": {"l": 10, "r": 10, "t": round(30 * self.scale), "b": 10}, "hovermode": "closest",
             "xaxis": {"visible": False}, "yaxis": {"visible": False}, "template": "simple_white",
             "legend": {"font": {"size": self.font_size - 2}, "itemsizing": "constant"},
-            "title": {"text": "computing t-SNE ...", "font": {"size": self.font_size}}})
+            "modebar": {"remove": ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d", "toImage"]}})
         for colour in _COLOURS:
             self.figure.add_scatter(x=[], y=[], mode="markers", marker={"color": colour, "size": round(7 * self.scale)},
                                     visible=False, hovertemplate="#%{customdata}<extra>%{fullData.name}</extra>")
@@ -161,7 +161,6 @@ class EmbeddingExplorer(Explorer):
                 chosen = np.flatnonzero(embedding.labels == label)
                 trace.update(x=x[chosen], y=y[chosen], customdata=chosen, visible=len(chosen) > 0,
                              name=embedding.class_names[label] if label < len(embedding.class_names) else "")
-            self.figure.layout.title.text = f"t-SNE of {result.what}, coloured by {result.by}"
             self._highlight(result)
         self._plotted = result
 
