@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 SHARED_WEIGHTS := $(abspath $(wildcard ../shared/weights))
 export VIZTOOLS_WEIGHTS_DIR ?= $(SHARED_WEIGHTS)
 PYTEST_ARGS ?=
+# Test files run in parallel processes (a notebook's cells stay together in one), one torch thread each.
+TEST_WORKERS ?= 2
 
 .PHONY: install lab test lint format browser-deps benchmarks exercises clean
 
@@ -32,7 +34,8 @@ browser-deps:
 test: install browser-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/viztools build-exercises --check
-	$(PY) -m pytest tests lectures --nbval-lax --nbval-current-env --nbval-cell-timeout=600 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests lectures --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
+	  -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The development loop: lint and the unit tests, without the slow ones (@pytest.mark.slow) and the browser test.
 .PHONY: test-fast
