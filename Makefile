@@ -41,7 +41,8 @@ test: install browser-deps
 .PHONY: test-fast
 test-fast: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest tests -m "not slow and not browser" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -m "not slow and not browser" -n $(TEST_WORKERS) --dist loadfile \
+	  $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
