@@ -73,7 +73,7 @@ def test_first_map_is_drawn_with_top5_and_finished_progress(model, star, computa
     assert picture.shape[0] > DISPLAY and picture.shape[1] > 2 * DISPLAY
     assert explorer.progress.bar.value == 1.0 and explorer.progress.bar.bar_style == "success"
     top = model.top_k(star, k=5)
-    text = explorer.predictions.value
+    text = explorer.side.value  # the top-5 table beside the picture
     positions = [text.index(f"<td>{name}</td>") for _, name, _ in top]
     assert positions == sorted(positions), "top-5 rows must be in probability order"
     assert explorer.class_picker.options[:5] == tuple(name for _, name, _ in top)
@@ -392,3 +392,30 @@ def test_background_runner_lets_only_the_newest_job_publish_and_report_errors():
     runner.cancel()
     runner.wait(timeout=30)
     assert published == ["newest"]
+
+
+def test_held_colour_scale_keeps_a_weak_map_looking_weak(model, star):
+    explorer = make_explorer(model, star, patch_size=24, stride=8)
+    strong_extent = explorer.shown.drop_extent
+    explorer.hold_scale.value = True
+    explorer.patch_slider.value = 4  # small patches hurt less: a weaker map
+    explorer.wait()
+    assert explorer.shown.drop_extent < strong_extent
+    held = decode_png(explorer.png())
+    explorer.hold_scale.value = False  # display-only: the map is redrawn with its own, smaller scale
+    own = decode_png(explorer.png())
+    # A drop of 0 is the colormap's middle colour; under the held (larger) scale the weak map stays nearer to it.
+    no_drop = overlay(decode_png(explorer.png())[-DISPLAY:, :DISPLAY], np.zeros((8, 8)), cmap="RdBu_r", vmin=-1,
+                      vmax=1, alpha=explorer.alpha_slider.value).astype(float)
+    heat = slice(DISPLAY + 10, 2 * DISPLAY + 10)  # the overlay panel, right of the image panel and its gap
+    distance = lambda picture: np.abs(picture[-DISPLAY:, heat].astype(float) - no_drop).mean()  # noqa: E731
+    assert distance(held) < distance(own)
+    explorer.close()
+
+
+def test_scale_grows_panels_and_text_together(model, star):
+    normal = make_explorer(model, star)
+    large = make_explorer(model, star, scale=1.5)
+    assert decode_png(large.png()).shape[0] == pytest.approx(1.5 * decode_png(normal.png()).shape[0], rel=0.05)
+    normal.close()
+    large.close()

@@ -133,15 +133,16 @@ def _format_tick(value: float, step: float) -> str:
 
 
 def colorbar(
-    height: int, *, cmap: str, vmin: float, vmax: float, bar_width: int = 14, label: str | None = None
+    height: int, *, cmap: str, vmin: float, vmax: float, bar_width: int = 14, label: str | None = None,
+    font_size: int = 11,
 ) -> np.ndarray:
     """A vertical colour bar ``height`` px tall with tick labels (``vmax`` at the top), as ``(H, W, 3)`` uint8."""
     ticks = _nice_ticks(vmin, vmax)
     step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
     labels = [_format_tick(t, step) for t in ticks]
-    tick_font = font(11)
+    tick_font = font(font_size)
     text_width = max(int(tick_font.getlength(text)) for text in labels)
-    label_room = 16 if label else 0
+    label_room = font_size + 5 if label else 0
     width = bar_width + 8 + text_width + 6 + label_room
     canvas = Image.new("RGB", (width, height), (BACKGROUND,) * 3)
     margin = 6  # room for the half-height of the top and bottom tick labels
@@ -157,7 +158,7 @@ def colorbar(
         draw.text((bar_width + 8, y), text, fill=TEXT_COLOUR, font=tick_font, anchor="lm")
     if label:
         strip = Image.new("RGB", (height, label_room), (BACKGROUND,) * 3)
-        ImageDraw.Draw(strip).text((height / 2, label_room / 2), label, fill=TEXT_COLOUR, font=font(11), anchor="mm")
+        ImageDraw.Draw(strip).text((height / 2, label_room / 2), label, fill=TEXT_COLOUR, font=tick_font, anchor="mm")
         canvas.paste(strip.rotate(90, expand=True), (width - label_room, 0))
     return np.asarray(canvas)
 

@@ -114,6 +114,10 @@ class Explorer(ipywidgets.VBox):
         """HTML under the picture (optional)."""
         return ""
 
+    def is_final(self, result: object, key: Hashable) -> bool:
+        """Whether ``result`` is the finished result for ``key`` (a preview or a live frame is not)."""
+        return not isinstance(result, Frame) or result.final
+
     # -- layout ---------------------------------------------------------------------------------------------
 
     @property
@@ -308,12 +312,12 @@ class Explorer(ipywidgets.VBox):
             if job.should_stop():
                 return
             last = result
-            final = not isinstance(result, Frame) or result.final
+            final = self.is_final(result, key)
             job.publish(lambda result=result, final=final: self._show(result, final=final, key=key))
             if isinstance(result, Frame) and not result.final:
                 job.publish(lambda result=result: self.progress.update(
                     result.step, self.expected_steps or result.step, _step_caption(result)))
-        if last is None or job.should_stop():
+        if last is None or job.should_stop() or not self.is_final(last, key):
             return
         with self._runner.lock:
             self._cache[key] = last

@@ -68,6 +68,8 @@ class ClassPicker(ipywidgets.Combobox):
         if index is None:
             index = self.model.class_index(int(text) if text.isdigit() else text)
         self.index = index
+        if self.value != self.labels[index]:
+            self.value = self.labels[index]  # show the canonical label ("Music Note" -> "music note")
         return index
 
 
