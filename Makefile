@@ -54,6 +54,7 @@ benchmarks: install
 	$(PY) benchmarks/bench_occlusion.py
 	$(PY) benchmarks/bench_style.py
 	$(PY) benchmarks/bench_startup.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_widgets.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-output
