@@ -2,10 +2,12 @@
 
 ``solutions/NN_name.ipynb`` is the single source. In the exercise each region between ``### BEGIN SOLUTION``
 and ``### END SOLUTION`` becomes ``# YOUR CODE HERE`` plus ``raise NotImplementedError(...)`` at the marker's
-indentation (nbgrader's convention), all outputs are cleared and check cells keep their source. The key gets
-each check's source and the outputs it printed when the solution was executed with nbclient, never the
-solution code. ``check_sync`` reports what is out of date without executing anything: the key records a
-digest of the solution's content, so any edit to the solution (cells, markers, metadata) shows up as drift.
+indentation (nbgrader's convention), all outputs are cleared and check cells keep their source (for the
+students' self-testing). The key gets each check's points, title and task, each task's off-limits calls and a
+digest of each visible check's source, never the solution code. Building executes the solution with nbclient and
+refuses visible checks that fail or print anything but verdicts, and checks that every check has a hidden check
+in ``viztools/grading/hidden/<exercise>.py``. ``check_sync`` reports what is out of date without executing
+anything: the key records a digest of the solution's content, so any edit to the solution shows up as drift.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from viztools.grading.answer_key import DEFAULT_KEY_DIR, AnswerKey, CheckKey, key_path
-from viztools.grading.grade import KERNEL_ENVIRONMENT
+from viztools.grading import static
+from viztools.grading.answer_key import DEFAULT_KEY_DIR, EXERCISE_NAME, AnswerKey, CheckKey, TaskKey, key_path
+from viztools.grading.grade import source_digest
 from viztools.grading.notebooks import (
     CHECK_TAG,
     METADATA_KEY,
@@ -34,12 +37,13 @@ from viztools.grading.notebooks import (
     verdict_lines,
     viztools_metadata,
 )
+from viztools.grading.proxy import HIDDEN_DIR, function_name, hidden_checks
+from viztools.grading.sandbox import BASE_ENVIRONMENT
 
 BEGIN_SOLUTION = re.compile(r"^(\s*)#+\s*BEGIN SOLUTION\s*$")
 END_SOLUTION = re.compile(r"^\s*#+\s*END SOLUTION\s*$")
 CODE_STUB = "# YOUR CODE HERE"
 TEXT_STUB = "YOUR ANSWER HERE"
-EXERCISE_NAME = re.compile(r"^\d{2}_[a-z0-9_]+$")
 CHECK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEF_LINE = re.compile(r"^(\s*)(?:async\s+)?def\s+([A-Za-z_]\w*)\s*\(")
 EXERCISE_KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
@@ -152,6 +156,7 @@ def _validate_cells(solution: NotebookNode, path: Path) -> None:
         if cell_id in seen_ids:
             raise BuildError(f"{where}: duplicate cell id.")
         seen_ids.add(cell_id)
+        _validate_task(cell, where)
         declared, tagged = check_id(cell), CHECK_TAG in cell_tags(cell)
         if declared is None and not tagged:
             continue
@@ -170,6 +175,20 @@ def _validate_cells(solution: NotebookNode, path: Path) -> None:
         _check_title(cell.source, where)
     if not seen_checks:
         raise BuildError(f"{path}: has no check cells (tag {CHECK_TAG!r} plus metadata.viztools.check).")
+
+
+def _validate_task(cell: NotebookNode, where: str) -> None:
+    """A task cell declares ``metadata.viztools.forbidden``: dotted ``viztools...`` names that exist."""
+    if "forbidden" not in viztools_metadata(cell):
+        return
+    forbidden = viztools_metadata(cell)["forbidden"]
+    if cell.cell_type != "code" or not isinstance(forbidden, list):
+        raise BuildError(f"{where}: metadata.viztools.forbidden belongs on a task's code cell and is a list of "
+                         "dotted names such as 'viztools.occlusion.occlusion'.")
+    for name in forbidden:
+        if not isinstance(name, str) or static.resolve(name) is None:
+            raise BuildError(f"{where}: forbidden call {name!r} is not a viztools function (write its full dotted "
+                             "name, e.g. 'viztools.occlusion.occlusion').")
 
 
 def _content(notebook: NotebookNode) -> dict:
@@ -227,8 +246,8 @@ def make_exercise(solution: NotebookNode, path: Path) -> NotebookNode:
     return exercise
 
 
-def _check_outputs(cell: NotebookNode, where: str) -> list[dict]:
-    """The executed check cell's outputs as stored in the key: printed text only, every line passing."""
+def check_visible_outputs(cell: NotebookNode, where: str) -> None:
+    """A visible check, executed on the solution, printed only verdict lines, all passing."""
     text = ""
     for output in cell.get("outputs", []):
         if output.output_type == "stream" and output.name == "stdout":
@@ -248,30 +267,36 @@ def _check_outputs(cell: NotebookNode, where: str) -> list[dict]:
                              f"{line!r}.")
         if not line.endswith(f": {PASS_WORD}"):
             raise BuildError(f"{where}: the check fails on the solution: {line}")
-    return [{"output_type": "stream", "name": "stdout", "text": text}]
 
 
-def make_key(solution: NotebookNode, path: Path, executed: NotebookNode | None) -> AnswerKey:
-    """The grading key; ``executed`` is the solution run by nbclient (None gives a key without outputs)."""
+def make_key(solution: NotebookNode, path: Path, hidden_dir: Path = HIDDEN_DIR) -> AnswerKey:
+    """The grading key; every check must have a hidden check in ``hidden_dir/<exercise>.py``."""
     info = exercise_info(solution, path)
     _validate_cells(solution, path)
-    checks = []
-    for index, cell in enumerate(solution.cells):
+    try:
+        functions = hidden_checks(info.exercise, hidden_dir)
+    except (FileNotFoundError, ValueError) as error:
+        raise BuildError(f"{path}: {error} Write one function per check there.") from None
+    checks, tasks, task = [], [], None
+    for cell in solution.cells:
+        if "forbidden" in viztools_metadata(cell):
+            task = cell.id
+            tasks.append(TaskKey(cell.id, list(viztools_metadata(cell)["forbidden"])))
         declared = check_id(cell)
         if declared is None:
             continue
         where = f"{path}, check {declared!r}"
-        outputs = _check_outputs(executed.cells[index], where) if executed is not None else []
-        checks.append(CheckKey(
-            id=declared,
-            title=_check_title(cell.source, where),
-            points=int(viztools_metadata(cell)["points"]),
-            source=cell.source,
-            outputs=outputs,
-            cell_id=cell.id,
-            preceding_cells=[c.id for c in reversed(solution.cells[:index])],
-        ))
-    return AnswerKey(info.exercise, info.version, info.title, solution_digest(solution), checks)
+        if function_name(declared) not in functions:
+            raise BuildError(f"{where}: {hidden_dir / (info.exercise + '.py')} has no function "
+                             f"{function_name(declared)}(student, rng) for this check.")
+        checks.append(CheckKey(id=declared, title=_check_title(cell.source, where),
+                               points=int(viztools_metadata(cell)["points"]), task=task,
+                               source_sha256=source_digest(cell.source)))
+    extra = sorted(set(functions) - {function_name(c.id) for c in checks})
+    if extra:
+        raise BuildError(f"{path}: hidden checks {', '.join(extra)} have no check cell in the solution (a check "
+                         "cell sets the points).")
+    return AnswerKey(info.exercise, info.version, info.title, solution_digest(solution), checks, tasks)
 
 
 def execute_notebook(notebook: NotebookNode, cwd: Path, cell_timeout: float = 300.0) -> NotebookNode:
@@ -285,7 +310,8 @@ def execute_notebook(notebook: NotebookNode, cwd: Path, cell_timeout: float = 30
     manager = KernelManager(kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_spec_manager=NbvalKernelspecManager())
     client = NotebookClient(executed, km=manager, timeout=cell_timeout, resources={"metadata": {"path": str(cwd)}})
     try:
-        client.execute(env={**os.environ, **KERNEL_ENVIRONMENT}, stderr=subprocess.DEVNULL)
+        client.execute(env={**os.environ, **BASE_ENVIRONMENT, "PATH": os.environ.get("PATH", "")},
+                       stderr=subprocess.DEVNULL)
     except CellExecutionError as error:
         raise BuildError(f"The solution must run without errors:\n{error}") from None
     return executed
@@ -306,6 +332,7 @@ def build_exercises(
     key_dir: str | Path | None = None,
     *,
     cell_timeout: float = 300.0,
+    hidden_dir: Path = HIDDEN_DIR,
 ) -> list[Path]:
     """Generate ``exercises/NN_*.ipynb`` and ``keys/NN_*.json`` from every solution; return the files written."""
     solutions_dir, exercises_dir = Path(solutions_dir), Path(exercises_dir)
@@ -314,7 +341,11 @@ def build_exercises(
     for path in _solution_paths(solutions_dir):
         solution = read_notebook(path)
         exercise = make_exercise(solution, path)
-        key = make_key(solution, path, execute_notebook(solution, path.parent, cell_timeout))
+        key = make_key(solution, path, hidden_dir)
+        executed = execute_notebook(solution, path.parent, cell_timeout)
+        for cell in executed.cells:
+            if check_id(cell) is not None:
+                check_visible_outputs(cell, f"{path}, check {check_id(cell)!r}")
         exercises_dir.mkdir(parents=True, exist_ok=True)
         key_dir.mkdir(parents=True, exist_ok=True)
         exercise_path, key_file = exercises_dir / path.name, key_path(key.exercise, key_dir)
@@ -324,22 +355,16 @@ def build_exercises(
     return written
 
 
-def _without_outputs(key: AnswerKey) -> dict:
-    data = json.loads(key.to_json())
-    for check in data["checks"]:
-        check.pop("outputs")
-    return data
-
-
 def check_sync(
     solutions_dir: str | Path = "solutions",
     exercises_dir: str | Path = "exercises",
     key_dir: str | Path | None = None,
+    hidden_dir: Path = HIDDEN_DIR,
 ) -> list[str]:
     """Problems that make the committed exercises and keys differ from what the solutions generate (empty: in sync).
 
     Needs no kernel: the exercise is regenerated and compared as text; the key's ``solution_sha256`` must match
-    the solution and its other fields must match a freshly generated key.
+    the solution and its other fields must match a freshly generated key (which needs every hidden check).
     """
     solutions_dir, exercises_dir = Path(solutions_dir), Path(exercises_dir)
     key_dir = Path(key_dir or DEFAULT_KEY_DIR)
@@ -362,10 +387,14 @@ def check_sync(
         except ValueError as error:
             problems.append(str(error))
             continue
-        fresh = make_key(solution, path, executed=None)
+        try:
+            fresh = make_key(solution, path, hidden_dir)
+        except BuildError as error:
+            problems.append(str(error))
+            continue
         if committed.solution_sha256 != fresh.solution_sha256:
             problems.append(f"{key_file} was built from a different version of {path}.")
-        elif _without_outputs(committed) != _without_outputs(fresh):
+        elif committed != fresh:
             problems.append(f"{key_file} was edited after it was generated from {path}.")
     for stray in sorted(exercises_dir.glob("*.ipynb")) if exercises_dir.is_dir() else []:
         if stray.stem not in names:

@@ -1,9 +1,9 @@
 """Helpers for the check cells of graded exercises.
 
-A check cell prints one line per property, ``"<what>: OK"`` or ``"<what>: WRONG - <what went wrong>"``. The
-grader (nbval) compares these lines with the ones the reference solution printed, so a check's output must be
-the same on every machine: only words, shapes and tolerance-based verdicts are printed, never raw floats. The
-``WRONG`` lines are written for students: they say what was expected and what their code gave.
+A visible check cell prints one line per property, ``"<what>: OK"`` or ``"<what>: WRONG - <what went wrong>"``,
+for the student's self-testing; these lines never count for the grade (the grader runs the hidden checks in
+:mod:`viztools.grading.proxy`, which share :func:`close_problem`). The ``WRONG`` lines are written for students:
+they say what was expected and what their code gave.
 
 Comparisons follow CS231n's habit of checking numbers against a reference within a tolerance, phrased as a
 sentence instead of a relative error.
@@ -49,41 +49,40 @@ def _describe(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-def report_close(what: str, got: object, expected: object, *, atol: float = 1e-4, rtol: float = 0.0) -> None:
-    """Report whether ``got`` has ``expected``'s shape and matches it within ``atol + rtol * |expected|``.
+def close_problem(got: object, expected: object, *, atol: float = 1e-4, rtol: float = 0.0) -> str | None:
+    """None when ``got`` has ``expected``'s shape and matches it within ``atol + rtol * |expected|``, else why not.
 
     ``got`` may be a tensor, a numpy array or a (nested) list. A mismatch names the shape, or the worst
     element with both values, so the message is useful without printing the whole array.
     """
     reference = _as_tensor(expected)
     if reference is None:
-        raise TypeError(f"report_close needs a numeric reference for {what!r}; got {type(expected).__name__}.")
+        raise TypeError(f"close_problem needs a numeric reference; got {type(expected).__name__}.")
     answer = _as_tensor(got)
     if answer is None:
-        report(what, False, f"expected a tensor of shape {tuple(reference.shape)}, got {_describe(got)}")
-        return
+        return f"expected a tensor of shape {tuple(reference.shape)}, got {_describe(got)}"
     if tuple(answer.shape) != tuple(reference.shape):
-        report(what, False, f"expected shape {tuple(reference.shape)}, got shape {tuple(answer.shape)}")
-        return
+        return f"expected shape {tuple(reference.shape)}, got shape {tuple(answer.shape)}"
     if torch.isnan(answer).any():
-        count = int(torch.isnan(answer).sum())
-        report(what, False, f"{count} of {answer.numel()} values are NaN")
-        return
+        return f"{int(torch.isnan(answer).sum())} of {answer.numel()} values are NaN"
     allowed = atol + rtol * reference.abs()
     excess = (answer - reference).abs() - allowed
     if answer.numel() == 0 or bool((excess <= 0).all()):
-        report(what, True)
-        return
+        return None
     worst = int(excess.flatten().argmax())
     position = tuple(int(i) for i in np.unravel_index(worst, tuple(answer.shape)))
     wrong = int((excess > 0).sum())
-    report(
-        what,
-        False,
-        f"{wrong} of {answer.numel()} values differ; the largest difference is at position {position}: "
-        f"expected {_format_number(float(reference.flatten()[worst]))}, got "
-        f"{_format_number(float(answer.flatten()[worst]))} (allowed difference {atol:g})",
-    )
+    return (f"{wrong} of {answer.numel()} values differ; the largest difference is at position {position}: "
+            f"expected {_format_number(float(reference.flatten()[worst]))}, got "
+            f"{_format_number(float(answer.flatten()[worst]))} (allowed difference {atol:g})")
+
+
+def report_close(what: str, got: object, expected: object, *, atol: float = 1e-4, rtol: float = 0.0) -> None:
+    """Report whether ``got`` matches ``expected`` (see :func:`close_problem`)."""
+    if _as_tensor(expected) is None:
+        raise TypeError(f"report_close needs a numeric reference for {what!r}; got {type(expected).__name__}.")
+    problem = close_problem(got, expected, atol=atol, rtol=rtol)
+    report(what, problem is None, problem or "")
 
 
 def report_equal(what: str, got: object, expected: object) -> None:

@@ -1,68 +1,68 @@
-"""``viztools grade``: mark a student's notebook with nbval against the exercise's grading key.
+"""``viztools grade``: mark one student notebook with hidden checks, comparing results outside the student's kernel.
 
-The student's file is never touched. The grader reads it, builds a graded copy in a temporary folder, and runs
-``pytest --nbval`` on the copy in a subprocess (with an overall time limit on top of nbval's per-cell one):
+The student's file is only read. The grader:
 
-- a first injected cell runs ``%colors nocolor`` so tracebacks carry no ANSI codes;
-- every check cell gets its source and expected output from the key, so an edited check is restored, a deleted
-  one is put back after the cell that preceded it, and a check cell of an unknown id is dropped;
-- the student's own cells run as written, with their outputs cleared so nbval does not compare them.
-
-A small pytest plugin (``_pytest_plugin``) records what happened in each cell; :mod:`viztools.grading.feedback`
-turns that into per-check results and a score. As in nbgrader, a check passes when it runs without error and
-prints what the solution printed.
+1. reads the notebook and its exercise id (which must be an exercise name; the key and hidden checks come only
+   from the package's own folders), and checks the student's code cells statically for the task's off-limits
+   library calls (:mod:`viztools.grading.static`);
+2. starts a kernel in a sandbox (:mod:`viztools.grading.sandbox`: a fresh scratch folder holding a read-only
+   copy of the notebook, a minimal environment, memory and process limits, a wall-clock budget) and runs the
+   student's code cells there, skipping the unchanged visible check cells (they are for self-testing only);
+3. runs each hidden check (``viztools/grading/hidden/<exercise>.py``, :mod:`viztools.grading.proxy`) in this
+   process: it calls the student's functions in the kernel on inputs drawn from a per-run seed, loads what they
+   returned with ``torch.load(weights_only=True)`` and compares it with values it computes itself. Nothing the
+   kernel prints or writes is parsed as a verdict;
+4. kills the box and everything it started. A kernel that dies, cannot be interrupted or runs out of the
+   notebook's time is a grading error with the exit status, never a score.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
+import hashlib
+import random
+import secrets
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
-import nbformat
 from nbformat import NotebookNode
 
-from viztools.grading import _pytest_plugin, feedback
-from viztools.grading.answer_key import AnswerKey, CheckKey, UnknownExerciseError, known_exercises, load_key
-from viztools.grading.notebooks import CHECK_TAG, NotebookError, cell_tags, check_id, read_notebook, viztools_metadata
-from viztools.grading.report import GradeReport
+from viztools.grading import feedback, static
+from viztools.grading.answer_key import EXERCISE_NAME, AnswerKey, UnknownExerciseError, known_exercises, load_key
+from viztools.grading.kernel import CallTimeoutError, KernelDiedError, OutOfTimeError, StudentKernel
+from viztools.grading.notebooks import NotebookError, read_notebook, viztools_metadata
+from viztools.grading.proxy import (
+    HIDDEN_DIR,
+    HiddenCheck,
+    Student,
+    StudentError,
+    StudentTimeoutError,
+    function_name,
+    hidden_checks,
+)
+from viztools.grading.report import CheckResult, GradeReport
+from viztools.grading.sandbox import DEFAULT_CELL_TIMEOUT, Limits, make_scratch
 
-DEFAULT_CELL_TIMEOUT = 60.0
-#: Overall limit of one grading run: kernel start-up, plus each cell's timeout and nbval's grace period after an
-#: interrupt (5 s) with some slack.
-KERNEL_STARTUP_ALLOWANCE = 90.0
-PER_CELL_SLACK = 10.0
-#: The injected first cell: tracebacks without ANSI colours, and stderr (warnings, progress bars) routed to stdout
-#: where the grader's sanitize rules drop everything but verdict lines.
-SETUP_SOURCE = """%colors nocolor
-import sys as _viztools_sys
-_viztools_sys.stderr = _viztools_sys.stdout
-del _viztools_sys"""
-PLUGIN_MODULE = "viztools_grading_plugin"
-#: One thread per kernel: small images gain nothing from more, and on a busy machine (many notebooks graded at
-#: once) competing thread pools make a forward pass 30x slower. Figures render off-screen.
-KERNEL_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg",
-                      "PYTHONDONTWRITEBYTECODE": "1"}
+KERNEL_START_TIMEOUT = 60.0
+LOG_TAIL_LINES = 8
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Which exercise
-# --------------------------------------------------------------------------------------------------------------
+def source_digest(source: str) -> str:
+    """SHA-256 of a cell's source without surrounding blank space (how visible check cells are recognised)."""
+    return hashlib.sha256(source.strip().encode("utf-8")).hexdigest()
 
 
-def identify_exercise(notebook: NotebookNode, path: Path, key_dir: str | Path | None = None) -> str:
+def identify_exercise(notebook: NotebookNode, path: Path) -> str:
     """The exercise id from ``metadata.viztools.exercise``, else from the file name (``03_occlusion-ana.ipynb``)."""
     declared = viztools_metadata(notebook).get("exercise")
-    if isinstance(declared, str) and declared:
+    if declared is not None:
+        if not isinstance(declared, str) or not EXERCISE_NAME.match(declared):
+            raise UnknownExerciseError(
+                f"{path}: metadata.viztools.exercise is {declared!r}, which is not an exercise name (such as "
+                "'03_occlusion'). Start from the exercise notebook you were given.")
         return declared
-    known = known_exercises(key_dir)
+    known = known_exercises()
     stem = path.stem.lower()
     for exercise in sorted(known, key=len, reverse=True):
         if exercise in stem:
@@ -75,261 +75,144 @@ def identify_exercise(notebook: NotebookNode, path: Path, key_dir: str | Path | 
     )
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The graded copy
-# --------------------------------------------------------------------------------------------------------------
+def student_cells(notebook: NotebookNode, key: AnswerKey) -> dict[int, str]:
+    """1-based code cell number -> source of the cells that run: all non-empty code cells but visible checks."""
+    visible = {check.source_sha256 for check in key.checks}
+    code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    return {number: source for number, source in enumerate(code, start=1)
+            if source.strip() and source_digest(source) not in visible}
 
 
-@dataclass
-class Assembly:
-    """The cells of the graded copy, in order, and what the grader changed."""
-
-    cells: list[NotebookNode]
-    restored: dict[str, str]  # check id -> "edited" | "deleted"
-    notes: list[str]
-    student_sources: dict[int, str]  # 1-based code cell number in the student's notebook -> source
-
-    def notebook(self) -> NotebookNode:
-        """The notebook nbval runs: the code cells only (the others were kept as anchors for placing checks)."""
-        notebook = nbformat.v4.new_notebook()
-        notebook.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-        for index, cell in enumerate(c for c in self.cells if c.cell_type == "code"):
-            cell = nbformat.from_dict(dict(cell))
-            cell.id = f"graded-{index}"
-            notebook.cells.append(cell)
-        return notebook
+def code_cell_ids(notebook: NotebookNode) -> dict[int, str | None]:
+    """1-based code cell number -> the cell's id (kept by Jupyter when students edit a cell)."""
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    return {number: cell.get("id") for number, cell in enumerate(code, start=1)}
 
 
-def _graded_cell(source: str, role: dict, cell_id: str | None, outputs: list[dict] | None = None) -> NotebookNode:
-    cell = nbformat.v4.new_code_cell(source)
-    cell.metadata = {_pytest_plugin.ROLE_KEY: role}
-    cell.id = cell_id or cell.id
-    if outputs:
-        cell.outputs = [nbformat.from_dict(output) for output in outputs]
-        cell.execution_count = 1  # nbval compares only cells that have been run
-    return cell
+def forbidden_by_task(key: AnswerKey, sources: dict[int, str], ids: dict[int, str | None]) -> dict[str, str]:
+    """Task id -> feedback, for the tasks whose off-limits calls appear in their own cell or in a cell of no task
+    (cells the student added), so a call allowed in one task does not fail another."""
+    tasks = {task.id for task in key.tasks}
+    found: dict[str, str] = {}
+    for task in key.tasks:
+        own = {n: s for n, s in sources.items() if ids.get(n) == task.id or ids.get(n) not in tasks}
+        uses = static.forbidden_uses(own, task.forbidden)
+        if uses:
+            lines = [f"your code uses {use.forbidden} (code cell {use.cell}, line {use.line}: `{use.spelled}`), "
+                     "which is off limits for this task" for use in uses[:3]]
+            found[task.id] = "\n".join([*lines, "Hint: write the computation yourself; the exercise says which "
+                                                 "library calls you may not use."])
+    return found
 
 
-def _anchor(cell: NotebookNode) -> NotebookNode:
-    """A placeholder that keeps a cell's id in place (for putting deleted checks back); never executed."""
-    anchor = nbformat.v4.new_markdown_cell("")
-    anchor.id = cell.get("id") or anchor.id
-    return anchor
-
-
-def _matching_check(cell: NotebookNode, key: AnswerKey) -> CheckKey | None:
-    declared = check_id(cell)
-    if declared is not None and key.check(declared) is not None:
-        return key.check(declared)
-    return next((check for check in key.checks if check.cell_id == cell.get("id")), None)
-
-
-def assemble(student: NotebookNode, key: AnswerKey) -> Assembly:
-    """Build the graded copy's cells: the student's code, with every check taken from the key."""
-    cells = [_graded_cell(SETUP_SOURCE, {"role": "setup"}, "viztools-grading-setup")]
-    restored: dict[str, str] = {}
-    notes: list[str] = []
-    sources: dict[int, str] = {}
-    code_number = 0
-    for cell in student.cells:
-        if cell.cell_type != "code":
-            cells.append(_anchor(cell))
-            continue
-        code_number += 1
-        check = _matching_check(cell, key)
-        placed = {c.metadata.get(_pytest_plugin.ROLE_KEY, {}).get("check") for c in cells}
-        if check is not None and check.id not in placed:
-            if cell.source.strip() != check.source.strip():
-                restored[check.id] = "edited"
-            cells.append(_graded_cell(check.source, {"role": "check", "check": check.id}, cell.get("id"),
-                                      check.outputs))
-            continue
-        if check is not None:
-            notes.append(f"Your code cell {code_number} is a second copy of check {check.id!r}; it was not run.")
-        elif check_id(cell) or CHECK_TAG in cell_tags(cell):
-            notes.append(f"Your code cell {code_number} is marked as check {check_id(cell)!r}, which this version of "
-                         "the exercise does not have; it was not run.")
-        elif cell.source.strip():
-            cells.append(_graded_cell(cell.source, {"role": "student", "cell": code_number}, cell.get("id")))
-            sources[code_number] = cell.source
-            continue
-        cells.append(_anchor(cell))
-    for check in key.checks:
-        if any(c.metadata.get(_pytest_plugin.ROLE_KEY, {}).get("check") == check.id for c in cells):
-            continue
-        ids = [c.get("id") for c in cells]
-        position = next((ids.index(anchor) + 1 for anchor in check.preceding_cells if anchor in ids), len(cells))
-        cells.insert(position, _graded_cell(check.source, {"role": "check", "check": check.id}, check.cell_id,
-                                            check.outputs))
-        restored[check.id] = "deleted"
-    for check in key.checks:
-        if check.id in restored:
-            what = ("was edited; the grader ran the original" if restored[check.id] == "edited"
-                    else "was missing; the grader put it back")
-            notes.append(f"Check {check.id!r} {what}.")
-    return Assembly(cells, restored, notes, sources)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Running nbval
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class NbvalRun:
-    records: list[dict]
-    returncode: int | None
-    timed_out: bool
-    output: str
-
-
-def _subprocess_env(folder: Path) -> dict[str, str]:
-    """The environment of pytest and its kernel: no PYTEST_* settings, the plugin's folder and viztools importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    paths = [str(folder)]
-    package_root = Path(__file__).resolve().parents[2]
-    if package_root.name not in ("site-packages", "dist-packages"):  # a source checkout, maybe not installed
-        paths.append(str(package_root))
-    env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
-    env.update(KERNEL_ENVIRONMENT)
-    return env
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def total_time_limit(notebook: NotebookNode, cell_timeout: float) -> float:
-    """The default overall limit of a grading run: kernel start-up plus every cell's timeout and grace period."""
-    return KERNEL_STARTUP_ALLOWANCE + len(notebook.cells) * (cell_timeout + PER_CELL_SLACK)
-
-
-def run_nbval(notebook: NotebookNode, folder: Path, cell_timeout: float, total_timeout: float) -> NbvalRun:
-    """Run ``pytest --nbval`` on ``notebook`` (written into ``folder``) and collect the plugin's records.
-
-    The plugin is copied beside the notebook and loaded by module name, so the pytest process does not import
-    viztools (and torch) just to record results; only the kernel does.
-    """
-    notebook_path, report = folder / "graded.ipynb", folder / "report.jsonl"
-    nbformat.write(notebook, str(notebook_path))
-    sanitize = folder / "sanitize.cfg"
-    rules = "".join(f"regex: {regex}\nreplace: {replacement}\n" for regex, replacement in feedback.NBVAL_SANITIZE_RULES)
-    sanitize.write_text(rules, encoding="utf-8")
-    (folder / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
-    shutil.copyfile(_pytest_plugin.__file__, folder / f"{PLUGIN_MODULE}.py")
-    command = [
-        sys.executable, "-m", "pytest", str(notebook_path),
-        "--nbval", "--nbval-current-env", f"--nbval-cell-timeout={cell_timeout:g}",
-        f"--nbval-sanitize-with={sanitize}", f"--viztools-report={report}",
-        "-p", PLUGIN_MODULE, "-p", "no:cacheprovider",
-        "-c", str(folder / "pytest.ini"), "--rootdir", str(folder), "-q", "--color=no",
-    ]
-    process = subprocess.Popen(
-        command, cwd=folder, env=_subprocess_env(folder), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )
+def _run_check(check_id: str, title: str, points: int, function: HiddenCheck | None, student: Student,
+               rng: random.Random, sources: dict[int, str]) -> CheckResult:
+    result = CheckResult(check_id, title, points, 0, "not-run", "")
+    if function is None:
+        result.feedback = "the grader has no hidden check for this (a setup problem: tell your instructor)"
+        return result
+    student.check = check_id
     try:
-        output, _ = process.communicate(timeout=total_timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        _kill_group(process.pid)
-        output, _ = process.communicate()
-        timed_out = True
-    records = _read_records(report)
-    if timed_out:  # the kernel runs in its own session (jupyter_client), so it survives its killed parent
-        for record in records:
-            if record.get("event") == "kernel" and isinstance(record.get("pid"), int):
-                _kill_group(record["pid"])
-    return NbvalRun(records, None if timed_out else process.returncode, timed_out, output)
+        problems = function(student, rng)
+    except StudentError as raised:
+        result.status = "error"
+        result.feedback = f"{raised.function} raised " + feedback.exception_feedback(raised.error, sources)
+    except StudentTimeoutError as stopped:
+        result.status, result.feedback = "timeout", str(stopped)
+    else:
+        if problems:
+            result.status, result.feedback = "failed", "\n".join(problems)
+        else:
+            result.status, result.score, result.feedback = "passed", points, "passed"
+    return result
 
 
-def _read_records(report: Path) -> list[dict]:
-    if not report.is_file():
-        return []
-    records = []
-    for line in report.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            records.append(json.loads(line))
-    return records
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Entry point
-# --------------------------------------------------------------------------------------------------------------
+def _log_tail(log: Path) -> str:
+    try:
+        with log.open("rb") as stream:
+            stream.seek(max(0, log.stat().st_size - 4000))
+            lines = stream.read().decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
+    except OSError:
+        return ""
+    return "\n".join(lines)
 
 
 def grade_notebook(
     path: str | Path,
     *,
-    key_dir: str | Path | None = None,
     cell_timeout: float = DEFAULT_CELL_TIMEOUT,
-    total_timeout: float | None = None,
+    limits: Limits | None = None,
+    seed: int | None = None,
+    hide: Sequence[str | Path] = (),
+    marker: str | None = None,
 ) -> GradeReport:
     """Grade one student notebook. Problems with the notebook become ``report.message``, never exceptions.
 
     Args:
-        path: the student's ``.ipynb`` (left unchanged).
-        key_dir: folder of grading keys (default: the keys shipped with viztools).
-        cell_timeout: seconds each cell may run before it is interrupted (nbval's ``--nbval-cell-timeout``).
-        total_timeout: seconds the whole run may take before pytest and the kernel are killed (default:
-            :func:`total_time_limit`, enough for every cell to use its timeout).
+        path: the student's ``.ipynb`` (only read).
+        cell_timeout: seconds each cell, and each call of a student's function, may run before it is interrupted.
+        limits: memory, processes and the notebook's wall-clock budget (default :class:`Limits`).
+        seed: seed of the hidden checks' inputs (default: a fresh one, recorded in the report).
+        hide: more folders the kernel must not see (with bubblewrap), e.g. the other submissions and the outputs.
+        marker: the value of the kernel's marker variable (default: a fresh one), for killing what it leaves.
     """
-    for name, value in (("cell_timeout", cell_timeout), ("total_timeout", total_timeout)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-            raise ValueError(f"{name} must be a positive number of seconds; got {value!r}.")
+    if isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0:
+        raise ValueError(f"cell_timeout must be a positive number of seconds; got {cell_timeout!r}.")
+    limits = limits or Limits()
+    started = time.monotonic()
     path = Path(path)
-    report = GradeReport(path=str(path), status="error")
+    report = GradeReport(path=str(path), status="error", student=path.stem)
     try:
-        student = read_notebook(path)
-        key = load_key(identify_exercise(student, path, key_dir), key_dir)
-    except (NotebookError, UnknownExerciseError, ValueError) as error:
+        notebook = read_notebook(path)
+        key = load_key(identify_exercise(notebook, path))
+        functions = hidden_checks(key.exercise)
+    except (NotebookError, ValueError, FileNotFoundError) as error:
         report.message = str(error)
         return report
     report.exercise, report.exercise_version, report.max_score = key.exercise, key.version, key.total_points
-    version = viztools_metadata(student).get("version")
+    report.seed = secrets.randbelow(2**31) if seed is None else seed
+    version = viztools_metadata(notebook).get("version")
     if version is not None and version != key.version:
         report.notes.append(f"Your notebook is version {version} of {key.exercise}; it was graded with the checks "
                             f"of version {key.version}.")
-    assembly = assemble(student, key)
-    report.notes += assembly.notes
+    sources = student_cells(notebook, key)
+    forbidden = forbidden_by_task(key, sources, code_cell_ids(notebook))
     with tempfile.TemporaryDirectory(prefix="viztools-grade-") as folder:
-        notebook = assembly.notebook()
-        run = run_nbval(notebook, Path(folder), cell_timeout, total_timeout or total_time_limit(notebook, cell_timeout))
-    _fill_results(report, key, assembly, run, cell_timeout)
-    return report
-
-
-def _fill_results(report: GradeReport, key: AnswerKey, assembly: Assembly, run: NbvalRun, cell_timeout: float) -> None:
-    cells = [r for r in run.records if r.get("event") == "cell"]
-    setup_failure = next((r for r in cells if r.get("when") == "setup"), None)
-    if setup_failure is not None:
-        report.message = (f"The grader could not start a Python kernel ({setup_failure['message']}). Check that "
-                          f"`{Path(sys.executable).name} -m ipykernel_launcher --version` works in this environment.")
-        return
-    if not cells:
-        tail = "\n".join(run.output.strip().splitlines()[-15:])
-        reason = "it hit the overall time limit" if run.timed_out else f"pytest ended with exit code {run.returncode}"
-        report.message = f"The grader could not run the notebook ({reason}):\n{tail}"
-        return
-    by_check = {r["role"]["check"]: r for r in cells if r.get("role", {}).get("role") == "check"}
-    not_run = "not run"
-    if run.timed_out:
-        not_run = "not run: grading hit its overall time limit and was stopped"
-    stopped = feedback.kernel_stopped_reason(cells, assembly.student_sources)
-    report.checks = [
-        feedback.check_result(check, by_check.get(check.id), restored=assembly.restored.get(check.id),
-                              sources=assembly.student_sources, cell_timeout=cell_timeout,
-                              not_run_reason=not_run, stopped_reason=stopped)
-        for check in key.checks
-    ]
-    report.score = sum(result.score for result in report.checks)
-    for record in cells:
-        role = record.get("role", {}).get("role")
-        if role == "student":
-            problem = feedback.cell_problem(record, assembly.student_sources, cell_timeout)
-            if problem is not None:
-                report.cell_problems.append(problem)
-        elif role == "setup" and record.get("kind") != "ok":
-            report.notes.append(f"The grader's setup cell failed: {record.get('message', '')}")
+        (scratch, ids), log = make_scratch(Path(folder)), Path(folder) / "kernel.log"
+        copy = scratch / "submission.ipynb"
+        copy.write_bytes(path.read_bytes())
+        copy.chmod(0o444)
+        try:
+            with StudentKernel(scratch, ids, limits=limits, log=log, marker=marker,
+                               hide=[path.resolve().parent, HIDDEN_DIR, *map(Path, hide)]) as kernel:
+                kernel.wait_ready(KERNEL_START_TIMEOUT)
+                for number, source in sources.items():
+                    try:
+                        error, stopped = kernel.run_cell(number, source, cell_timeout).error, None
+                    except CallTimeoutError:
+                        error, stopped = None, f"did not finish within {cell_timeout:g} s and was interrupted"
+                    problem = feedback.cell_problem(number, source, error, stopped, sources)
+                    if problem is not None:
+                        report.cell_problems.append(problem)
+                student = Student(kernel, cell_timeout)
+                for check in key.checks:
+                    if check.task in forbidden:
+                        report.checks.append(CheckResult(check.id, check.title, check.points, 0, "forbidden",
+                                                         forbidden[check.task]))
+                        continue
+                    rng = random.Random(f"{report.seed}:{check.id}")
+                    report.checks.append(_run_check(check.id, check.title, check.points,
+                                                    functions.get(function_name(check.id)), student, rng, sources))
+        except (KernelDiedError, OutOfTimeError) as error:
+            tail = _log_tail(log)
+            report.checks, report.exit_status = [], getattr(error, "exit_status", None)
+            report.message = f"{error}." + (f" The last output was:\n{tail}" if tail else "")
+            report.seconds = round(time.monotonic() - started, 2)
+            return report
+        except Exception as error:  # a bug in a hidden check or the grader: an error, never a score
+            report.checks, report.message = [], f"internal grading error: {type(error).__name__}: {error}"
+            return report
     report.status = "graded"
+    report.score = sum(result.score for result in report.checks)
+    report.seconds = round(time.monotonic() - started, 2)
+    return report
