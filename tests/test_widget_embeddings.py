@@ -102,3 +102,24 @@ def test_close_leaves_no_hooks_and_the_model_unchanged(model):
     explorer.wait()
     assert not has_hooks(model.network) and not model.network.training
     assert all(torch.equal(weights[name], p) for name, p in model.network.state_dict().items())
+
+
+def test_a_pca_preview_comes_first_then_the_t_sne_map():
+    import viztools
+    from viztools.widgets import EmbeddingExplorer
+
+    explorer = EmbeddingExplorer(viztools.load_model("glyphnet"), images=60)
+    seen: list[tuple[str, bool]] = []
+    original = explorer._show
+
+    def recording(result, *, final, key=None):
+        seen.append((result.what, final))
+        original(result, final=final, key=key)
+
+    explorer._show = recording
+    explorer.perplexity_slider.value = 12
+    explorer.wait()
+    assert [final for _, final in seen] == [False, True]
+    assert seen[0][0].endswith("PCA preview (t-SNE running ...)") and not seen[1][0].endswith("...)")
+    assert explorer.final and explorer.last_error is None
+    explorer.close()

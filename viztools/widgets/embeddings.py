@@ -20,7 +20,13 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
-from viztools.embeddings import Embedding, chance_label_agreement, knn_label_agreement, tsne_embedding
+from viztools.embeddings import (
+    Embedding,
+    chance_label_agreement,
+    knn_label_agreement,
+    layer_features,
+    tsne_embedding,
+)
 from viztools.hooks import get_activations
 from viztools.models import VizModel
 from viztools.widgets._common import Job, hstack, resize_rgb, titled, to_rgb_uint8
@@ -108,14 +114,29 @@ class EmbeddingExplorer(Explorer):
         layer, perplexity, source = key
         pixels, labels, names = sample_images(self.model, self.count)
         raw = source == SOURCES[1]
-        embedding = tsne_embedding(self._pixels_model if raw else self.model, pixels, layer="pixels" if raw else layer,
-                                   labels=labels, class_names=names, pooling="flatten" if raw else "average",
-                                   perplexity=min(perplexity, len(pixels) - 1), thumbnail_size=64)
+        embedded_model, embedded_layer = (self._pixels_model, "pixels") if raw else (self.model, layer)
+        pooling = "flatten" if raw else "average"
+        what = "raw pixels" if raw else f"{layer} features"
+        # A PCA preview in a second or so (t-SNE takes several): the map appears, then refines.
+        features, _, thumbnails = layer_features(embedded_model, pixels, layer=embedded_layer, pooling=pooling,
+                                                 thumbnail_size=64)
+        preview = Embedding(embedded_layer, pooling, _pca_2d(features), features, labels.numpy(), names, thumbnails)
+        yield self._tsne_map(preview, f"{what}, PCA preview (t-SNE running ...)")
+        if job.should_stop():
+            return
+        embedding = tsne_embedding(embedded_model, pixels, layer=embedded_layer, labels=labels, class_names=names,
+                                   pooling=pooling, perplexity=min(perplexity, len(pixels) - 1), thumbnail_size=64)
+        yield self._tsne_map(embedding, what)
+
+    def is_final(self, result: TsneMap, key: Hashable) -> bool:
+        return not result.what.endswith("(t-SNE running ...)")
+
+    def _tsne_map(self, embedding: Embedding, what: str) -> TsneMap:
         neighbours = NearestNeighbors(n_neighbors=NEIGHBOURS).fit(embedding.features).kneighbors(
             return_distance=False)
         agreement = knn_label_agreement(embedding.coordinates, embedding.labels)
-        yield TsneMap(embedding, neighbours, agreement, "raw pixels" if raw else f"{layer} features",
-                      "class" if self.model.name == "glyphnet" else "photograph")
+        by = "class" if self.model.name == "glyphnet" else "photograph"
+        return TsneMap(embedding, neighbours, agreement, what, by)
 
     def draw(self, result: TsneMap) -> np.ndarray:
         if result is not self._plotted:
@@ -168,6 +189,13 @@ class EmbeddingExplorer(Explorer):
         chosen = [self.selected, *result.neighbours[self.selected]]
         self.figure.data[-1].update(x=result.embedding.coordinates[chosen, 0],
                                     y=result.embedding.coordinates[chosen, 1])
+
+
+def _pca_2d(features: np.ndarray) -> np.ndarray:
+    """The first two principal components of ``features`` (rows: images)."""
+    centred = features - features.mean(axis=0, keepdims=True)
+    _, _, directions = np.linalg.svd(centred, full_matrices=False)
+    return centred @ directions[:2].T
 
 
 def _framed(tile: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
