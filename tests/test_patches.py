@@ -316,3 +316,17 @@ def test_trained_glyphnet_class_logits_pick_their_own_class(glyphnet: VizModel) 
     labels = torch.stack([result.image_indices % 10 for result in results])  # GlyphWorld label = index % 10
     assert labels[:, 0].tolist() == list(range(10))
     assert (labels == torch.arange(10)[:, None]).float().mean() > 0.8
+
+
+@pytest.mark.parametrize(("name", "layer", "size"), [("glyphnet", "conv2", 64), ("squeezenet1_1", "fire3", 96)])
+def test_fields_from_the_layer_geometry_equal_the_exact_probe(name: str, layer: str, size: int) -> None:
+    from viztools.hooks import layer_output_shape, receptive_field
+    from viztools.patches import _clipped_field
+
+    model = viztools.load_model(name, weights="random")
+    _, rows, cols = layer_output_shape(model, layer, size)
+    generator = torch.Generator().manual_seed(0)
+    units = {(int(r), int(c)) for r, c in torch.randint(0, min(rows, cols), (25, 2), generator=generator)}
+    units |= {(rows - 1, cols - 1), (rows - 1, 0), (0, 0)}
+    for unit in sorted(units):
+        assert _clipped_field(model, layer, unit, size, size) == receptive_field(model, layer, unit, size=size), unit

@@ -208,10 +208,22 @@ def _field_mask(model: VizModel, path: str, position: tuple[int, int], size: int
 
 
 def layer_output_shape(model: VizModel, layer: str, size: int | None = None) -> tuple[int, ...]:
-    """Shape ``(C, H, W)`` (or ``(C,)``) of a layer's output for one ``size`` x ``size`` input."""
+    """Shape ``(C, H, W)`` (or ``(C,)``) of a layer's output for one ``size`` x ``size`` input.
+
+    Measured on the probe copy of the network (same shapes), so the model itself runs no forward pass.
+    """
+    path = model.layer_path(layer)
     size = model.input_size if size is None else size
-    pixels = torch.zeros(1, 3, size, size)
-    return tuple(get_activations(model, pixels, [layer])[layer].shape[1:])
+    captured: dict[str, tuple[int, ...]] = {}
+
+    def stop(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        captured["shape"] = tuple(output.shape[1:])
+        raise _StopForwardError
+
+    probe = _probe_network(model)
+    with attach(probe.get_submodule(path), forward=stop), contextlib.suppress(_StopForwardError), torch.no_grad():
+        probe(torch.zeros(1, 3, size, size, dtype=torch.float64))
+    return captured["shape"]
 
 
 def receptive_field(
