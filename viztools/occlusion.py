@@ -487,23 +487,24 @@ def _choose_evaluator(
 
     if method == "naive":
         return naive, "naive", 1
-    engine = IncrementalInference(network, normalized, fill_normalized, boxes)  # its recording also sizes batches
-    if method == "incremental" and engine.reason is not None:
-        raise ValueError(f"method='incremental' cannot handle this model: {engine.reason}. Use method='auto' "
-                         "(falls back to batching) or method='batched'.")
-    if method == "incremental" or (
-            method == "auto" and engine.reason is None and engine.work_fraction <= AUTO_MAX_WORK_FRACTION):
-
-        def incremental(chunk: list[Box]) -> torch.Tensor:
-            return _target_probability(engine(chunk), target)
-
-        return incremental, "incremental", _batch_size_for(engine.bytes_per_image)
     layout = _batch_layout(network, normalized, fill_normalized, boxes)
 
     def batched(chunk: list[Box]) -> torch.Tensor:
         return _target_probability(network(_occluded_batch(normalized, fill_normalized, chunk, layout)), target)
 
-    return batched, "batched", _batch_size_for(engine.forward_bytes_per_image)
+    engine = IncrementalInference(network, normalized, fill_normalized, boxes)  # its recording also sizes batches
+    batched_size = _batch_size_for(engine.forward_bytes_per_image)
+    if method == "incremental" and engine.reason is not None:
+        raise ValueError(f"method='incremental' cannot handle this model: {engine.reason}. Use method='auto' "
+                         "(falls back to batching) or method='batched'.")
+    if method == "batched" or engine.reason is not None or (
+            method == "auto" and engine.work_fraction > AUTO_MAX_WORK_FRACTION):
+        return batched, "batched", batched_size
+
+    def incremental(chunk: list[Box]) -> torch.Tensor:
+        return _target_probability(engine(chunk), target)
+
+    return incremental, "incremental", _batch_size_for(engine.bytes_per_image)
 
 
 def _batch_size_for(bytes_per_image: int) -> int:
