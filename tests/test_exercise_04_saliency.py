@@ -1,0 +1,125 @@
+"""Exercise 04 (saliency): the hidden checks pass the solution, name the mistakes of wrong variants, and grade.
+
+The hidden checks run in this process against the solution's own task cells (executed here, optionally edited into
+a wrong variant) through :class:`LocalStudent`, a stand-in for the grader's kernel proxy that converts arguments
+as the kernel does. One real grading run of the solution (full marks) and of the blank exercise (zero) is slow.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from viztools.grading import _kernel, grade_notebook
+from viztools.grading.proxy import Returned, StudentError, hidden_checks
+
+REPO = Path(__file__).resolve().parents[1]
+EXERCISE_ID = "04_saliency"
+SOLUTION = REPO / "solutions" / f"{EXERCISE_ID}.ipynb"
+EXERCISE = REPO / "exercises" / f"{EXERCISE_ID}.ipynb"
+CHECKS = hidden_checks(EXERCISE_ID)
+
+
+class LocalStudent:
+    """The grader's ``Student`` proxy, in process: calls a function of ``namespace`` on copies of the arguments.
+
+    Model specs become models with the kernel's own code (``_kernel.Kernel.model``), results and tensor arguments
+    are converted with the kernel's ``_plain``, and an exception becomes :class:`StudentError`.
+    """
+
+    def __init__(self, namespace: dict) -> None:
+        self.namespace, self.models, self.check = namespace, {}, ""
+
+    def call(self, function: str, *args: object, count_passes: bool = False, **kwargs: object) -> Returned:
+        args = [_kernel.Kernel.model(self, arg) if isinstance(arg, dict) and "model" in arg else copy.deepcopy(arg)
+                for arg in args]
+        try:
+            result = self.namespace[function](*args, **copy.deepcopy(kwargs))
+        except Exception as error:
+            raise StudentError(function, _kernel._error(error)) from error
+        tensors = [arg for arg in args if isinstance(arg, torch.Tensor)]
+        return Returned(_kernel._plain(result), _kernel._plain(tensors), None)
+
+
+def solution_namespace(edits: dict[str, list[tuple[str, str]]] | None = None) -> dict:
+    """The solution's task and helper cells run in a fresh namespace, each ``(old, new)`` edit applied first."""
+    namespace: dict = {"torch": torch}
+    edits = dict(edits or {})
+    for cell in nbformat.read(SOLUTION, as_version=4).cells:
+        if cell.cell_type == "code" and cell.id.startswith(("task-", "helper-")):
+            source = cell.source
+            for old, new in edits.pop(cell.id, []):
+                assert old in source, f"the solution's cell {cell.id} no longer contains {old!r}"
+                source = source.replace(old, new)
+            exec(compile(source, f"<{cell.id}>", "exec"), namespace)
+    assert not edits, f"no such task cells: {sorted(edits)}"
+    return namespace
+
+
+def run_check(name: str, namespace: dict, seed: int = 0) -> list[str]:
+    return CHECKS[name](LocalStudent(namespace), random.Random(f"{seed}:{name}"))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_solution_passes_every_hidden_check(seed: int) -> None:
+    namespace = solution_namespace()
+    assert sorted(CHECKS) == ["check_deconvnet_relu", "check_guided_relu", "check_rule_gradient",
+                              "check_saliency_corner", "check_saliency_glyphnet"]
+    for name in CHECKS:
+        assert run_check(name, namespace, seed) == [], name
+
+
+RULE_CELL = "task-rule"
+VARIANTS = {
+    "abs missing": ("task-saliency", "gradient[0].abs().amax(dim=0)", "gradient[0].amax(dim=0)",
+                    "check_saliency_glyphnet", "take the absolute value of the gradient"),
+    "sum over channels": ("task-saliency", "abs().amax(dim=0)", "abs().sum(dim=0)",
+                          "check_saliency_corner", "not their sum"),
+    "probability instead of score": ("task-saliency", "score = model(pixels)[0, target]",
+                                     "score = torch.softmax(model(pixels), dim=1)[0, target]",
+                                     "check_saliency_corner", "not the softmax probability"),
+    "guided without the [R > 0] mask": ("task-guided", "grad_output * (x > 0) * (grad_output > 0)",
+                                        "grad_output * (x > 0)", "check_guided_relu", "the [R > 0] mask"),
+    "guided without the [x > 0] mask": ("task-guided", "grad_output * (x > 0) * (grad_output > 0)",
+                                        "grad_output * (grad_output > 0)", "check_guided_relu",
+                                        "also mask by the forward input"),
+    "deconvnet passes R unchanged": ("task-deconv", "return grad_output.clamp(min=0)", "return grad_output",
+                                     "check_deconvnet_relu", "only its positive part"),
+    "classifier ReLU forgotten": (RULE_CELL, "for module in model.network.modules():",
+                                  "for module in model.network.features.modules():", "check_rule_gradient",
+                                  "the classifier's ReLU"),
+    "hooks left behind": (RULE_CELL, "hooks.enter_context(attach(module, forward=swap))",
+                          "module.register_forward_hook(swap)", "check_rule_gradient", "still on the model"),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_wrong_variant_fails_the_check_that_names_the_mistake(variant: str) -> None:
+    cell, old, new, check, message = VARIANTS[variant]
+    problems = run_check(check, solution_namespace({cell: [(old, new)]}))
+    assert problems, f"{variant}: {check} passed"
+    assert message in "\n".join(problems), problems
+
+
+def test_a_missing_function_is_an_error_naming_it() -> None:
+    namespace = solution_namespace()
+    del namespace["saliency_map"]
+    with pytest.raises(StudentError, match="saliency_map"):
+        run_check("check_saliency_corner", namespace)
+
+
+@pytest.mark.slow
+def test_grading_gives_the_solution_full_marks_and_the_blank_exercise_zero() -> None:
+    solved = grade_notebook(SOLUTION, seed=3)
+    assert solved.status == "graded", solved.message
+    assert solved.score == solved.max_score == 8, [(c.id, c.feedback) for c in solved.checks]
+    blank = grade_notebook(EXERCISE, seed=3)
+    assert blank.status == "graded", blank.message
+    assert blank.score == 0
+    assert {check.status for check in blank.checks} == {"error"}
+    assert all("not written yet" in check.feedback for check in blank.checks), [c.feedback for c in blank.checks]
