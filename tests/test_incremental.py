@@ -124,7 +124,7 @@ def glyph_image(index: int = 3) -> torch.Tensor:
     return images
 
 
-def random_glyphnet_model() -> VizModel:
+def centred_glyphnet_model() -> VizModel:
     """GlyphNet with random weights, its logits centred on ``glyph_image(3)`` and magnified."""
     torch.manual_seed(0)
     return sensitive(viztools.load_model("glyphnet", weights="random"), glyph_image(3), 300.0)
@@ -133,7 +133,7 @@ def random_glyphnet_model() -> VizModel:
 @pytest.fixture(scope="module")
 def centred_glyphnet() -> VizModel:
     """Not conftest's plain ``random_glyphnet``: logits centred and magnified so that occlusion moves them."""
-    return random_glyphnet_model()
+    return centred_glyphnet_model()
 
 
 def assert_matches_naive(model: VizModel, image: torch.Tensor, target: int, **options: object) -> None:
