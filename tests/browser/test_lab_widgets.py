@@ -11,9 +11,8 @@ to the right of the notebook's output area or the window, and saves ``widget_<na
 ``widget_<name>_zoom150_bottom.png`` (the window as the audience sees it, scrolled to the widget's top, then its
 bottom).
 
-The cells run one at a time, each widget's first computation finished before the next cell runs, as in a lecture
-(one widget at its end): widgets computing at the same time on one model currently break each other (hooks
-registered by one thread fire in another thread's forward pass), which is a bug for the widgets' unit tests.
+All cells run at once (run all), so the widgets compute at the same time on one model, in their background threads
+and the kernel's: a hook one thread attaches must not stop or record another thread's forward pass.
 
 Widgets are taken from ``viztools.widgets.__all__``: a widget listed in :data:`WIDGETS` but not exported yet is
 skipped with the reason. Run with ``pytest -m browser tests/browser/test_lab_widgets.py`` (about two minutes).
@@ -84,14 +83,6 @@ CELL_OF = {case.name: index + 1 for index, case in enumerate(AVAILABLE)}  # code
 # JupyterLab at 1024x768 with 150% zoom: the CSS-pixel viewport and the device pixels per CSS pixel.
 ZOOMED = {"width": 683, "height": 512, "deviceScaleFactor": 1.5, "mobile": False}
 ZOOM_APPLIED = "() => window.innerWidth === 683 && window.devicePixelRatio === 1.5"
-
-# Run code cell ``index`` and wait until it has finished (the command's promise resolves then).
-RUN_CELL = """async (index) => {
-  const panel = window.jupyterapp.shell.currentWidget;
-  const cells = panel.content.widgets.filter(cell => cell.model.type === 'code');
-  panel.content.activeCellIndex = panel.content.widgets.indexOf(cells[index]);
-  await window.jupyterapp.commands.execute('notebook:run-cell');
-}"""
 
 KERNEL_IDLE = """() => {
   const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -212,13 +203,16 @@ def widgets_page(chromium_browser, lab_server) -> Iterator[WidgetsPage]:
         page.goto(lab_server.notebook_url(path.relative_to(REPO).as_posix()))
         page.wait_for_function(KERNEL_IDLE, timeout=120_000)
         page.evaluate("() => { window.jupyterapp.shell.collapseLeft(); }")
-        for index in range(len(AVAILABLE) + 1):
-            page.evaluate(RUN_CELL, index)
-            state = page.evaluate(RUN_STATE)
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        deadline = time.monotonic() + 180
+        while (state := page.evaluate(RUN_STATE)) != "done":
             if state.startswith("error"):
-                pytest.fail(f"Cell {index} of {path.name} failed in JupyterLab: {state}")
-            if index:  # one widget computes at a time (see the module docstring)
-                first_picture(page, AVAILABLE[index - 1])
+                pytest.fail(f"A cell of {path.name} failed in JupyterLab: {state}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{path.name} did not finish running within 180 s")
+            time.sleep(1.0)
+        for case in AVAILABLE:
+            first_picture(page, case)
         yield WidgetsPage(page, errors, list(errors.seen))
     finally:
         context.close()
@@ -325,15 +319,7 @@ def zoomed_page(widgets_page: WidgetsPage) -> Iterator[ZoomedPage]:
         session.detach()
 
 
-#: Known not to fit yet (issue 9: "OcclusionExplorer at 150% zoom pushes its top-5 panel and class box off the
-#: notebook's edge"); strict, so the test says so once it is fixed.
-NOT_FITTING_YET = {"OcclusionExplorer": "issue 9: its top-5 panel and class box pass the output area's edge at 150%"}
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=NOT_FITTING_YET[case.name]))
-    if case.name in NOT_FITTING_YET else case for case in WIDGETS
-], ids=[case.name for case in WIDGETS])
+@pytest.mark.parametrize("case", WIDGETS, ids=[case.name for case in WIDGETS])
 def test_widget_fits_at_150_percent_zoom(zoomed_page: ZoomedPage, case: WidgetCase, screenshot_dir):
     skip_if_missing(case)
     page = zoomed_page.page
