@@ -4,9 +4,10 @@ Started by the grader inside the sandbox as ``python _kernel.py COMMAND_FD REPLY
 only the standard library and IPython until the student's code imports more). Commands arrive as JSON lines:
 
 - ``{"op": "run", "cell": N, "source": "..."}``: run a code cell in IPython (magics work, output goes to the log);
-- ``{"op": "call", "id": K, "function": NAME, "inputs": PATH, "output": PATH, "count_passes": bool}``: load
-  ``{"args": [...], "kwargs": {...}}`` from ``PATH`` (``torch.load(weights_only=True)``; ``{"model": name}``
-  dicts become models), call the student's ``NAME`` and ``torch.save`` its plain result to ``output``;
+- ``{"op": "prepare", "id": K, "inputs": PATH}``: load ``{"args": [...], "kwargs": {...}}`` from ``PATH``
+  (``torch.load(weights_only=True)``; ``{"model": name}`` dicts become models, built once per kernel);
+- ``{"op": "call", "id": K, "function": NAME, "output": PATH, "count_passes": bool}``: call the student's
+  ``NAME`` with the prepared arguments and ``torch.save`` its plain result to ``output``;
 - ``{"op": "interrupt"}``: raise KeyboardInterrupt in whatever runs (the grader's timeout).
 
 Replies are JSON lines naming what happened. Nothing here decides a grade: whatever the student's code does to
@@ -64,12 +65,14 @@ class Kernel:
     """The command loop around one IPython shell."""
 
     def __init__(self, commands: queue.Queue, reply_fd: int) -> None:
+        import torch  # noqa: F401 - loaded before the first timed request, so no time limit includes it
         from IPython.core.interactiveshell import InteractiveShell
 
         self.shell = InteractiveShell.instance()
         self.commands = commands
         self.replies = os.fdopen(reply_fd, "w", encoding="utf-8")
         self.models: dict[str, object] = {}
+        self.prepared: dict[str, tuple[list, dict]] = {}
 
     def reply(self, message: dict) -> None:
         self.replies.write(json.dumps(message) + "\n")
@@ -94,14 +97,25 @@ class Kernel:
                 self.models[key] = load_model(spec["model"], **{k: v for k, v in spec.items() if k != "model"})
         return self.models[key]
 
+    def prepare(self, command: dict) -> None:
+        """Load a call's arguments and build its models (not timed as the student's call)."""
+        import torch
+
+        error = None
+        try:
+            inputs = torch.load(command["inputs"], weights_only=True)
+            args = [self.model(a) if isinstance(a, dict) and "model" in a else a for a in inputs["args"]]
+            self.prepared[command["id"]] = (args, inputs["kwargs"])
+        except BaseException as exception:
+            error = _error(exception)
+        self.reply({"op": "prepared", "id": command["id"], "error": error})
+
     def call(self, command: dict) -> None:
         import torch
 
         reply: dict = {"op": "called", "id": command["id"], "error": None, "passes": None}
         try:
-            inputs = torch.load(command["inputs"], weights_only=True)
-            args = [self.model(a) if isinstance(a, dict) and "model" in a else a for a in inputs["args"]]
-            kwargs = inputs["kwargs"]
+            args, kwargs = self.prepared.pop(command["id"])
             function = self.shell.user_ns.get(command["function"])
             if function is None:
                 raise NameError(f"name {command['function']!r} is not defined")

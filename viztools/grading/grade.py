@@ -46,6 +46,7 @@ from viztools.grading.sandbox import DEFAULT_CELL_TIMEOUT, Limits, make_scratch
 
 KERNEL_START_TIMEOUT = 60.0
 LOG_TAIL_LINES = 8
+MAX_PROBLEMS = 4
 
 
 def source_digest(source: str) -> str:
@@ -121,10 +122,19 @@ def _run_check(check_id: str, title: str, points: int, function: HiddenCheck | N
         result.status, result.feedback = "timeout", str(stopped)
     else:
         if problems:
-            result.status, result.feedback = "failed", "\n".join(problems)
+            result.status, result.feedback = "failed", "\n".join(_shorten(problems))
         else:
             result.status, result.score, result.feedback = "passed", points, "passed"
     return result
+
+
+def _shorten(problems: list[str]) -> list[str]:
+    """At most MAX_PROBLEMS problem lines (the rest counted), keeping a final hint."""
+    hint = problems[-1:] if problems[-1].startswith("Hint:") else []
+    lines = problems[: len(problems) - len(hint)]
+    if len(lines) > MAX_PROBLEMS:
+        lines = [*lines[:MAX_PROBLEMS], f"... and {len(lines) - MAX_PROBLEMS} more like these"]
+    return [*lines, *hint]
 
 
 def _log_tail(log: Path) -> str:

@@ -30,6 +30,8 @@ LAUNCHER = ("import os, runpy, sys; uid = int(sys.argv[1])\n"
             "if uid >= 0: os.setgroups([]); os.setgid(uid); os.setuid(uid)\n"
             "runpy.run_path(sys.argv[2], run_name='__main__')")
 INTERRUPT_GRACE = 5.0
+#: Seconds the kernel may take to load a call's inputs and build its models (not the student's time).
+PREPARE_TIMEOUT = 120.0
 MAX_REPLY_BYTES = 1 << 20
 MAX_RESULT_BYTES = 256 << 20
 
@@ -147,7 +149,11 @@ class StudentKernel:
         if reply is not None:
             return reply
         self._send({"op": "interrupt"})
-        if self._await(match, time.monotonic() + INTERRUPT_GRACE) is None:
+        reply = self._await(match, time.monotonic() + INTERRUPT_GRACE / 2)
+        if reply is None:  # an interrupt that landed between two commands is spent: try once more
+            self._send({"op": "interrupt"})
+            reply = self._await(match, time.monotonic() + INTERRUPT_GRACE / 2)
+        if reply is None:
             self.box.kill()
             raise KernelDiedError(f"the kernel did not stop when interrupted after {timeout:g} s and was shut down "
                              f"while {self.doing}", self.box.process.returncode)
@@ -177,9 +183,14 @@ class StudentKernel:
         inputs, output = self.scratch / f"call-{token}-in.pt", self.scratch / f"call-{token}-out.pt"
         torch.save({"args": args, "kwargs": kwargs}, inputs)
         os.chmod(inputs, 0o644)
-        reply = self.request({"op": "call", "id": token, "function": function, "inputs": str(inputs),
-                              "output": str(output), "count_passes": count_passes},
-                             {"op": "called", "id": token}, timeout)
+        prepared = self.request({"op": "prepare", "id": token, "inputs": str(inputs)},
+                                {"op": "prepared", "id": token}, max(timeout, PREPARE_TIMEOUT))
+        if isinstance(prepared.get("error"), dict):
+            return Reply({"type": "GraderInputError", "message": "the kernel could not load the grader's inputs "
+                          f"({prepared['error'].get('type')}: {prepared['error'].get('message')})", "frames": []},
+                         None), None
+        reply = self.request({"op": "call", "id": token, "function": function, "output": str(output),
+                              "count_passes": count_passes}, {"op": "called", "id": token}, timeout)
         error = reply.get("error") if isinstance(reply.get("error"), dict) else None
         passes = reply.get("passes")
         passes = [int(p) for p in passes if isinstance(p, int)] if isinstance(passes, list) else None
