@@ -26,10 +26,11 @@ lab: install
 	$(VENV)/bin/viztools lab lectures
 
 # Debian's Chromium for the browser test (Playwright's own browser download does not work offline).
+# bubblewrap: the grader's sandbox for student kernels (viztools grade falls back to setrlimit without it).
 browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium && command -v bwrap; } >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver bubblewrap; }
 
 test: install browser-deps
 	$(VENV)/bin/ruff check .

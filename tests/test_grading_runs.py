@@ -7,18 +7,20 @@ three functions as stubs) so their runs stay short.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import pickle
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from viztools.grading import build, classroom, grade
+from viztools.grading import build, classroom, grade, sandbox
 from viztools.grading.cli import main as grading_main
 from viztools.grading.notebooks import read_notebook
 from viztools.grading.report import GradeReport, report_as_text
@@ -264,8 +266,25 @@ def _sleepers() -> list[int]:
     return found
 
 
-@pytest.fixture(scope="module")
-def escape_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[GradeReport, dict[Path, str]]:
+@contextlib.contextmanager
+def _sandbox(path: str) -> Iterator[None]:
+    """Grade on the given path: "bubblewrap", or "fallback" (setrlimit, a new session, its own uid if it can)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if path == "fallback":
+            patch.setattr(sandbox, "bubblewrap_works", lambda: False)
+        yield
+
+
+@pytest.fixture(scope="module", params=["bubblewrap", "fallback"])
+def escape_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[GradeReport, dict[Path, str]]:
+    """The escape notebook, graded with bubblewrap and on the fallback path (where that can run as its own uid:
+    without bubblewrap, the write, process-limit and clean-up guarantees rest on it)."""
+    if request.param == "bubblewrap" and not sandbox.bubblewrap_works():
+        pytest.skip("bubblewrap does not work on this machine")
+    if request.param == "fallback" and not (os.geteuid() == 0 and sandbox.own_uid_works()):
+        pytest.skip("without bubblewrap the kernel cannot run as a uid of its own here (not root, or the Python "
+                    "installation is not readable by other users), so the fallback does not promise these")
     folder = tmp_path_factory.mktemp("escape")
     other = folder / "other_student.ipynb"
     other.write_text("{}")
@@ -273,8 +292,21 @@ def escape_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[GradeReport, d
     targets = f"TARGETS = [{str(path)!r}, {str(other)!r}]"
     _notebook(path, [targets, *ESCAPES])
     before = {p: _sha256(p) for p in (path, other)}
-    report = grade.grade_notebook(path, seed=2, limits=Limits(memory_gb=6, max_processes=48, wall_seconds=300))
+    with _sandbox(request.param):
+        report = grade.grade_notebook(path, seed=2, limits=Limits(memory_gb=6, max_processes=48, wall_seconds=300))
     return report, before
+
+
+def test_the_fallback_path_grades_too(tmp_path: Path) -> None:
+    """Without bubblewrap (setrlimit, a new session and a private folder) a notebook is graded the same way."""
+    positions = ("def patch_positions(size, patch_size, stride):\n"
+                 "    starts = list(range(0, size - patch_size + 1, stride))\n"
+                 "    return starts if starts[-1] == size - patch_size else [*starts, size - patch_size]")
+    with _sandbox("fallback"):
+        report = grade.grade_notebook(_notebook(tmp_path / "fallback.ipynb", [positions]), seed=4)
+        assert "no bubblewrap" in sandbox.isolation_summary()
+    assert report.status == "graded" and report.score == 1, report_as_text(report)
+    assert _by_id(report)["check-positions"].status == "passed"
 
 
 def _problems(report: GradeReport) -> dict[int, str]:

@@ -3,13 +3,15 @@
 Each graded notebook gets its own scratch folder (the only place its code may write) and a kernel process
 started in a new session with ``RLIMIT_AS`` (memory), ``RLIMIT_NPROC`` (processes), ``RLIMIT_FSIZE``, no core
 files and a minimal environment (``HOME`` in the scratch folder, one thread, none of the grader's variables, so no
-tokens). When the grader runs as root, each kernel runs as an unprivileged user id of its own (not shared with any
-other running kernel, so one notebook's fork bomb cannot use up another's process limit): it can neither write the
-submissions nor signal the grader's processes. Where bubblewrap works (checked at run time with
-``bwrap --unshare-all ... true``) the kernel also runs in its own user, mount, PID, network and IPC namespaces: the
-file system read-only except the scratch folder, the submissions, the hidden checks and grader outputs covered,
-no network. Killing the box kills its process group, every process carrying the run's marker variable (found in
-``/proc``), and with bubblewrap the whole PID namespace, so detached children (``start_new_session=True``) die too.
+tokens). When the grader runs as root, each kernel switches to an unprivileged uid of its own before any student
+code runs (not shared with any other kernel, so one notebook's fork bomb cannot use up another's process limit):
+it can neither write the submissions nor signal the grader's processes. Where bubblewrap works (checked at run time
+with ``bwrap ... true``) the kernel also runs in its own mount, PID, network, IPC and UTS namespaces (and a user
+namespace when the grader is not root): the file system read-only except the scratch folder, home folders empty,
+the submissions, hidden checks and grader outputs covered, no network. Without bubblewrap the same limits apply and
+the submissions stay read-only to the kernel's uid. Killing the box kills its process group, every process carrying
+the run's marker variable or the kernel's own uid (found in ``/proc``) and, with bubblewrap, the whole PID
+namespace, so detached children (``start_new_session=True``, even with a cleared environment) die too.
 """
 
 from __future__ import annotations
@@ -66,11 +68,26 @@ class Limits:
 
 
 def _kernel_ids() -> tuple[int, int] | None:
-    """(uid, gid) for a new kernel: unused unprivileged ids when the grader runs as root, else None (own user)."""
-    if os.geteuid() != 0:
+    """(uid, gid) for a new kernel: unused unprivileged ids when the grader runs as root and the kernel can run
+    Python as such a uid, else None (the grader's own user)."""
+    if os.geteuid() != 0 or not (bubblewrap_works() or own_uid_works()):
         return None
     uid = KERNEL_UID_BASE + secrets.randbelow(KERNEL_UID_COUNT)
     return uid, uid
+
+
+@functools.lru_cache(maxsize=1)
+def own_uid_works() -> bool:
+    """Whether Python still imports its standard library and IPython after switching to an unprivileged uid
+    (not when the installation sits in root's private home, as with pyenv in /root; bubblewrap binds it in)."""
+    uid = KERNEL_UID_BASE
+    code = (f"import os; os.setgroups([]); os.setgid({uid}); os.setuid({uid}); import pkgutil, IPython")
+    try:
+        result = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, timeout=60, cwd="/")
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
 
 
 def _user_processes(uid: int) -> int:
@@ -109,9 +126,9 @@ def bubblewrap_works() -> bool:
 
 def isolation_summary() -> str:
     """How kernels are isolated on this machine, for reports and benchmarks."""
-    user = "an unprivileged user id per kernel" if os.geteuid() == 0 else "the grader's own user"
+    user = "an unprivileged user id per kernel" if _kernel_ids() else "the grader's own user"
     if bubblewrap_works():
-        return f"bubblewrap (user, mount, PID, network, IPC namespaces; read-only file system) + setrlimit, as {user}"
+        return f"bubblewrap (mount, PID, network, IPC namespaces; read-only file system) + setrlimit, as {user}"
     return f"no bubblewrap: setrlimit, a new session and a private folder, as {user}"
 
 
@@ -122,17 +139,35 @@ class Box:
     process: subprocess.Popen
     marker: str
     scratch: Path
+    uid: int | None = None
     started: float = field(default_factory=time.monotonic)
 
     def kill(self) -> None:
-        """Kill the box's process group, and any process (detached ones too) carrying the run's marker."""
+        """Kill the box's process group, every process carrying the run's marker and, when the kernel has a uid of
+        its own, every process of that uid (detached children that cleared their environment too)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        for _ in range(3):  # a child may fork while we scan; scan until nothing is left
-            if not kill_marked(self.marker):
+        for _ in range(5):  # a child may fork while we scan; scan until nothing is left
+            pids = set(marked_processes(self.marker))
+            if self.uid is not None:
+                pids |= set(user_processes(self.uid))
+            if not pids:
                 break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
+
+
+def user_processes(uid: int) -> list[int]:
+    """Process ids owned by ``uid`` (read from ``/proc``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                found.append(int(entry.name))
+    return found
 
 
 def marked_processes(marker: str) -> list[int]:
@@ -241,4 +276,4 @@ def start(command: Sequence[str], scratch: Path, ids: tuple[int, int] | None, *,
         )
     finally:
         output.close()
-    return Box(process, marker, scratch)
+    return Box(process, marker, scratch, ids[0] if ids else None)
