@@ -17,6 +17,7 @@ import torch
 
 from viztools.grading import grade
 from viztools.grading._kernel import Kernel, _plain
+from viztools.grading.answer_key import load_key
 from viztools.grading.proxy import Returned, StudentError, hidden_checks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,6 +186,18 @@ def test_a_function_that_raises_is_a_student_error() -> None:
 
     with pytest.raises(StudentError, match="not written yet"):
         run("check-field-size", solution_namespace(field_size_and_jump=broken))
+
+
+def test_off_limits_library_calls_are_found_in_the_students_code() -> None:
+    source = """from viztools.hooks import receptive_field
+
+def unit_box(layers, row, col, image_size):
+    rows, cols = receptive_field(MODEL, "conv2", (row, col))
+    return rows.start, rows.stop, cols.start, cols.stop"""
+    ids = {1: "setup", 2: "task-box"}  # the task's own cell
+    found = grade.forbidden_by_task(load_key(EXERCISE), {1: "import torch", 2: source}, ids)
+    assert set(found) == {"task-box"}
+    assert all("viztools.hooks.receptive_field" in text and "code cell 2" in text for text in found.values())
 
 
 @pytest.mark.slow

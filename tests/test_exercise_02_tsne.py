@@ -17,6 +17,7 @@ import torch
 
 from viztools.grading import grade
 from viztools.grading._kernel import Kernel, _plain
+from viztools.grading.answer_key import load_key
 from viztools.grading.proxy import Returned, StudentError, hidden_checks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +163,17 @@ def test_a_function_that_raises_is_a_student_error() -> None:
 
     with pytest.raises(StudentError, match="not written yet"):
         run("check-chance", solution_namespace(chance_agreement=broken))
+
+
+def test_off_limits_library_calls_are_found_in_the_students_code() -> None:
+    source = """import viztools.embeddings as emb
+
+def knn_agreement(vectors, labels, k=10, metric="euclidean"):
+    return emb.knn_label_agreement(vectors.numpy(), labels.numpy(), k=k)"""
+    ids = {1: "setup", 2: "task-agreement"}  # the task's own cell
+    found = grade.forbidden_by_task(load_key(EXERCISE), {1: "import torch", 2: source}, ids)
+    assert set(found) == {"task-agreement"}
+    assert all("viztools.embeddings.knn_label_agreement" in text and "code cell 2" in text for text in found.values())
 
 
 @pytest.mark.slow

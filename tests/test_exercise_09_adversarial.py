@@ -17,6 +17,7 @@ import torch
 
 from viztools.grading import grade
 from viztools.grading._kernel import Kernel, _plain
+from viztools.grading.answer_key import load_key
 from viztools.grading.proxy import Returned, StudentError, hidden_checks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,6 +178,17 @@ def test_a_function_that_raises_is_a_student_error() -> None:
 
     with pytest.raises(StudentError, match="not written yet"):
         run("check-fgsm", solution_namespace(fgsm_attack=broken))
+
+
+def test_off_limits_library_calls_are_found_in_the_students_code() -> None:
+    source = """from viztools import adversarial
+
+def fgsm_attack(model, image, label, epsilon):
+    return adversarial.fgsm(model, image, label, epsilon=epsilon).adversarial"""
+    ids = {1: "setup", 2: "task-fgsm"}  # the task's own cell
+    found = grade.forbidden_by_task(load_key(EXERCISE), {1: "import torch", 2: source}, ids)
+    assert set(found) == {"task-fgsm"}
+    assert all("viztools.adversarial.fgsm" in text and "code cell 2" in text for text in found.values())
 
 
 @pytest.mark.slow

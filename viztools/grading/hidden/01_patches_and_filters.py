@@ -229,12 +229,16 @@ def check_top_patches(student: Student, rng: random.Random) -> list[str]:
     """top_patches on unseen GlyphWorld images (a random layer and channel of GlyphNet) and on a random network."""
     network = viztools.load_model("glyphnet", quiet=True)
     images, _ = viztools.make_glyphworld(rng.randrange(40, 60), seed=rng.randrange(10, 10_000))
-    depth = rng.choice([1, 3, 4, 5, 7])
-    name, k = LAYER_NAMES[depth - 1], rng.randrange(4, 7)
-    activations = viztools.get_activations(network, images, [name])[name]
-    best = activations.flatten(2).max(dim=2).values  # (N, C)
-    top = best.topk(k + 1, dim=0).values  # (k + 1, C): a channel whose top images are clear (positive, no ties)
-    usable = [c for c in range(best.shape[1]) if bool((top[:, c] > 0).all()) and len(set(top[:, c].tolist())) == k + 1]
+    k, depths = rng.randrange(4, 7), [1, 3, 4, 5, 7]
+    rng.shuffle(depths)
+    for depth in depths:  # a layer with a channel whose top images are clear (positive, no ties)
+        name = LAYER_NAMES[depth - 1]
+        activations = viztools.get_activations(network, images, [name])[name]
+        top = activations.flatten(2).max(dim=2).values.topk(k + 1, dim=0).values  # (k + 1, C)
+        usable = [c for c in range(top.shape[1])
+                  if bool((top[:, c] > 0).all()) and len(set(top[:, c].tolist())) == k + 1]
+        if usable:
+            break
     channel = rng.choice(usable)
     expected = top_activating_patches(network, images, layer=name, channel=channel, k=k).patches
     got = student.call("top_patches", images, activations, channel, k, GLYPHNET[:depth]).value
