@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 import viztools
 from viztools.deepdream import deepdream, octave_sizes
-from viztools.grading import grade
+from viztools.grading import grade, static
 from viztools.grading._kernel import Kernel, _plain
+from viztools.grading.answer_key import load_key
 from viztools.grading.proxy import HIDDEN_DIR, Returned, StudentError, hidden_checks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,3 +250,17 @@ def test_grading_the_solution_gives_full_marks_and_the_blank_exercise_zero() -> 
     assert blank.status == "graded", blank.message
     assert blank.score == 0
     assert {check.status for check in blank.checks} == {"error"}
+
+
+def test_every_task_declares_the_off_limits_calls_and_the_solution_uses_none() -> None:
+    key = load_key(EXERCISE)
+    assert [task.id for task in key.tasks] == ["task-gradient", "task-step", "task-sizes", "task-octaves"]
+    student = {1: "import viztools\nfrom viztools.deepdream import octave_sizes as sizes\n",
+               2: "def dream_step(model, image, layer, lr=0.01):\n"
+                  "    return viztools.deepdream.deepdream(model, image, layer=layer, steps=1, octaves=1).image\n"}
+    solution = {number: cell.source for number, cell in enumerate(nbformat.read(SOLUTION, as_version=4).cells, 1)
+                if cell.cell_type == "code" and "check" not in cell.metadata.get("tags", [])}
+    for task in key.tasks:
+        found = {use.forbidden for use in static.forbidden_uses(student, task.forbidden)}
+        assert found == {"viztools.deepdream.octave_sizes", "viztools.deepdream.deepdream"}, task.id
+        assert static.forbidden_uses(solution, task.forbidden) == [], task.id

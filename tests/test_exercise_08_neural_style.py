@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import viztools
-from viztools.grading import grade
+from viztools.grading import grade, static
 from viztools.grading._kernel import Kernel, _plain
+from viztools.grading.answer_key import load_key
 from viztools.grading.proxy import HIDDEN_DIR, Returned, StudentError, hidden_checks
 from viztools.style import gram_matrix as library_gram
 from viztools.style import style_layer_loss
@@ -281,3 +282,16 @@ def test_grading_the_solution_gives_full_marks_and_the_blank_exercise_zero() -> 
     assert blank.status == "graded", blank.message
     assert blank.score == 0
     assert {check.status for check in blank.checks} == {"error"}
+
+
+def test_every_task_declares_the_off_limits_calls_and_the_solution_uses_none() -> None:
+    key = load_key(EXERCISE)
+    assert [task.id for task in key.tasks] == ["task-gram", "task-content", "task-style", "task-tv", "task-transfer"]
+    student = {1: "import viztools\nfrom viztools.optimize import TotalVariation\n",
+               2: "def gram_matrix(features):\n    return viztools.gram_matrix(features)\n"}
+    solution = {number: cell.source for number, cell in enumerate(nbformat.read(SOLUTION, as_version=4).cells, 1)
+                if cell.cell_type == "code" and "check" not in cell.metadata.get("tags", [])}
+    for task in key.tasks:
+        found = {use.forbidden for use in static.forbidden_uses(student, task.forbidden)}
+        assert found == {"viztools.style.gram_matrix", "viztools.optimize.TotalVariation"}, task.id
+        assert static.forbidden_uses(solution, task.forbidden) == [], task.id
