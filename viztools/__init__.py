@@ -64,6 +64,8 @@ _EXPORTS: dict[str, str] = {
     "MODEL_NAMES": "models",
     "VizModel": "models",
     "load_model": "models",
+    "OcclusionCancelled": "occlusion",
+    "OcclusionProgress": "occlusion",
     "OcclusionResult": "occlusion",
     "occlusion_coarse_to_fine": "occlusion",
     "plot_occlusion": "occlusion",
