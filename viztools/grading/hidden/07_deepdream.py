@@ -193,9 +193,9 @@ def check_step(student: Student, rng: random.Random) -> list[str]:
                 ((image + lr * _normalized(ones)).clamp(0, 1), "Hint: the step follows the gradient of sum(a): "
                                                                "fix dream_gradient (check 1)."),
             ], atol=1e-4)
-        got = _as_tensor(returned.value)
-        if got is not None and got.numel() and (float(got.min()) < 0.0 or float(got.max()) > 1.0):
-            hints.append("Hint: some pixels are outside [0, 1]: clamp them after the step.")
+            got = _as_tensor(returned.value)
+            if not hints and got is not None and got.numel() and (float(got.min()) < 0 or float(got.max()) > 1):
+                hints.append("Hint: some pixels are outside [0, 1]: clamp them after the step.")
         problems += _unchanged(returned, image)
     return _finish(problems, hints, STEP_HINT)
 
