@@ -15,8 +15,9 @@ import nbformat
 import pytest
 import torch
 
-from viztools.grading import _kernel, grade_notebook
+from viztools.grading import _kernel, grade_notebook, load_key
 from viztools.grading.proxy import Returned, StudentError, hidden_checks
+from viztools.grading.static import forbidden_uses
 
 REPO = Path(__file__).resolve().parents[1]
 EXERCISE_ID = "04_saliency"
@@ -111,6 +112,13 @@ def test_a_missing_function_is_an_error_naming_it() -> None:
     del namespace["saliency_map"]
     with pytest.raises(StudentError, match="saliency_map"):
         run_check("check_saliency_corner", namespace)
+
+
+def test_the_library_calls_that_do_the_task_are_off_limits() -> None:
+    source = ("from viztools import saliency as sal\n\n"
+              "def saliency_map(model, image, target):\n    return sal.saliency(model, image, target)")
+    uses = forbidden_uses({1: source}, load_key(EXERCISE_ID).task("task-saliency").forbidden)
+    assert {use.forbidden for use in uses} == {"viztools.saliency.saliency"}, uses
 
 
 @pytest.mark.slow

@@ -15,8 +15,9 @@ import nbformat
 import pytest
 import torch
 
-from viztools.grading import _kernel, grade_notebook
+from viztools.grading import _kernel, grade_notebook, load_key
 from viztools.grading.proxy import Returned, StudentError, hidden_checks
+from viztools.grading.static import forbidden_uses
 
 REPO = Path(__file__).resolve().parents[1]
 EXERCISE_ID = "05_class_visualization"
@@ -105,6 +106,12 @@ def test_a_wrong_variant_fails_the_check_that_names_the_mistake(variant: str) ->
     problems = run_check(check, solution_namespace({cell: [(old, new)]}))
     assert problems, f"{variant}: {check} passed"
     assert message in "\n".join(problems), problems
+
+
+def test_the_library_calls_that_do_the_task_are_off_limits() -> None:
+    source = "from viztools.class_visualization import mean_image\n\nstart = mean_image"
+    uses = forbidden_uses({1: source}, load_key(EXERCISE_ID).task("task-loop").forbidden)
+    assert {use.forbidden for use in uses} == {"viztools.class_visualization.mean_image"}, uses
 
 
 @pytest.mark.slow

@@ -15,8 +15,9 @@ import nbformat
 import pytest
 import torch
 
-from viztools.grading import _kernel, grade_notebook
+from viztools.grading import _kernel, grade_notebook, load_key
 from viztools.grading.proxy import Returned, StudentError, hidden_checks
+from viztools.grading.static import forbidden_uses
 
 REPO = Path(__file__).resolve().parents[1]
 EXERCISE_ID = "06_inversion"
@@ -118,6 +119,12 @@ def test_an_equivalent_implementation_written_differently_passes() -> None:
     namespace = solution_namespace(EQUIVALENT)
     for name in ("check_feature_loss", "check_total_variation", "check_invert_steps"):
         assert run_check(name, namespace, 5) == [], name
+
+
+def test_the_library_calls_that_do_the_task_are_off_limits() -> None:
+    source = "import viztools\n\ncheck = viztools.optimize.TotalVariation(1.0)"
+    uses = forbidden_uses({1: source}, load_key(EXERCISE_ID).task("task-tv").forbidden)
+    assert {use.forbidden for use in uses} == {"viztools.optimize.TotalVariation"}, uses
 
 
 @pytest.mark.slow
