@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_widgets.py             # every widget on GlyphNet, live ones on SqueezeNet
     OMP_NUM_THREADS=1 python benchmarks/bench_widgets.py --quick     # fewer repeats, a shorter live window
+    OMP_NUM_THREADS=1 python benchmarks/bench_widgets.py --only EmbeddingExplorer
 
 Each widget is built with the one-liner its lecture ends with, in the Python process (no frontend: the widget
 work is measured, not the browser's). A frame is a change of the widget's picture (``ipywidgets.Image`` value);
@@ -315,6 +316,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=4.0, help="seconds of live frames counted (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see the docstring)")
     parser.add_argument("--no-imagenet", action="store_true", help="GlyphNet only")
+    parser.add_argument("--only", nargs="+", metavar="WIDGET", help="measure only these widgets (class names)")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.window = 3, 2.0
@@ -323,13 +325,14 @@ def main() -> None:
     glyphnet = viztools.load_model("glyphnet")
     images, _ = viztools.make_glyphworld(10, seed=0)
     rows = []
-    for spec in glyphnet_specs(images[6:7]):
+    chosen = (lambda specs: [spec for spec in specs if spec.name in args.only]) if args.only else (lambda specs: specs)
+    for spec in chosen(glyphnet_specs(images[6:7])):
         print(f"GlyphNet: {spec.name} ...", flush=True)
         rows.append(measure(spec, glyphnet, "GlyphNet", repeats=args.repeats, window=args.window))
     weights = None if args.no_imagenet else find_local_weights("squeezenet1_0")
     if weights is not None:
         squeezenet = viztools.load_model("squeezenet1_0", weights=weights)
-        for spec in imagenet_specs():
+        for spec in chosen(imagenet_specs()):
             print(f"SqueezeNet: {spec.name} ...", flush=True)
             rows.append(measure(spec, squeezenet, "SqueezeNet 1.0", repeats=max(2, args.repeats // 2),
                                 window=2 * args.window))
