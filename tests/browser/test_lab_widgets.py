@@ -133,7 +133,8 @@ SETTLED = """(explorer) => {
 }"""
 
 # Elements of the widget whose right edge passes the output area's (or the window's) right edge by more than
-# ipywidgets' 2 px widget margin (a picture at `max-width: 100%` keeps its margin beside it).
+# ipywidgets' 2 px widget margin (a picture at `max-width: 100%` keeps its margin beside it), and elements at that
+# edge whose content is clipped inside their own box (a label squeezed by the edge shows only part of its text).
 OVERFLOW = """(explorer) => {
   const area = explorer.closest('.jp-OutputArea-output') || explorer.parentElement;
   const limit = Math.min(area.getBoundingClientRect().right, document.documentElement.clientWidth);
@@ -146,7 +147,13 @@ OVERFLOW = """(explorer) => {
   for (const node of [explorer, ...explorer.querySelectorAll('*')]) {
     const box = node.getBoundingClientRect();
     if (box.width === 0 || box.height === 0 || getComputedStyle(node).visibility === 'hidden') continue;
-    if (box.right > limit + 2.5) outside.push(`${describe(node)} right edge ${Math.round(box.right)} px`);
+    if (box.right > limit + 2.5) {
+      outside.push(`${describe(node)} right edge ${Math.round(box.right)} px`);
+    } else if (box.right > limit - 4 && node.scrollWidth > node.clientWidth + 4
+               && getComputedStyle(node).overflowX !== 'visible') {
+      // cut off by the edge inside its own box (beyond the margins): a label squeezed by the edge, its text clipped
+      outside.push(`${describe(node)} clipped at the edge: shows ${node.clientWidth} of ${node.scrollWidth} px`);
+    }
   }
   return {limit: Math.round(limit), explorerRight: Math.round(explorer.getBoundingClientRect().right),
           outside: outside.slice(0, 8), count: outside.length};
