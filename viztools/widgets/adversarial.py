@@ -72,8 +72,9 @@ class AdversarialExplorer(Explorer):
         self._guarded(self.refresh, "Starting")
 
     def compute_key(self) -> Hashable:
-        return (self.image_picker.key, self.class_picker.resolve(self.class_picker.value), self.method_picker.value,
-                self.targeted_box.value, self.epsilon_slider.value)
+        method = self.method_picker.value
+        budget = (None, None) if method == "fooling image" else (self.targeted_box.value, self.epsilon_slider.value)
+        return (self.image_picker.key, self.class_picker.resolve(self.class_picker.value), method, *budget)
 
     def compute(self, key: Hashable, job: Job) -> Iterator[FoolingResult | Frame]:
         image_key, target, method, targeted, epsilon_levels = key

@@ -150,7 +150,8 @@ class Explorer(ipywidgets.VBox):
                                                      tooltip="resume the optimization")
             self.stop_button.on_click(lambda _: self.stop())
             self.continue_button.on_click(lambda _: self.resume())
-            rows.append(ipywidgets.HBox([self.stop_button, self.continue_button, self.progress]))
+            rows.append(ipywidgets.HBox([self.stop_button, self.continue_button, self.progress],
+                                        layout=ipywidgets.Layout(flex_flow="row wrap")))
         else:
             rows.append(self.progress)
         rows.append(self.errors)

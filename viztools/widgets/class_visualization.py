@@ -82,7 +82,7 @@ class ClassVisualizer(Explorer):
         return hstack([picture, curve])
 
     def describe(self, frame: Frame) -> str:
-        target = self.shown_key[0]
-        probability = float(self.model.predict(frame.image)[0, target])
-        name = html.escape(self.model.categories[target])
-        return f'<div style="font-size:{self.font_size}px">p({name}) = <b>{probability:.3f}</b></div>'
+        if frame.result is None:  # live frames: the score curve says how it goes, no extra forward pass
+            return ""
+        name = html.escape(frame.result.class_name)
+        return f'<div style="font-size:{self.font_size}px">p({name}) = <b>{frame.result.probability:.3f}</b></div>'
