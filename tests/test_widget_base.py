@@ -172,7 +172,7 @@ def test_image_picker_takes_examples_and_uploads_and_explains_bad_files():
     picker.upload.value = ({"name": "red.png", "type": "image/png", "size": 1, "content": memoryview(_png(red)),
                             "last_modified": datetime.now(tz=timezone.utc)},)
     picker.take_upload()
-    assert picker.value == "(your upload)"
+    assert picker.value == "(your image)"
     torch.testing.assert_close(picker.pixels[0, :, 5, 5], torch.tensor([1.0, 0.0, 0.0]))
     with pytest.raises(ValueError, match=r"'notes\.txt' is not an image.*PNG or JPEG"):
         decode_upload(b"just text", "notes.txt", 32)

@@ -109,7 +109,7 @@ def test_uploads_change_the_map_not_the_patches_and_bad_files_show_an_error(mode
     upload(explorer, buffer.getvalue(), "red.png")
     explorer.wait()
     assert explorer.png() != before and len(passes) == calls, "the layer's patches are reused for a new image"
-    assert explorer.image_picker.key == ("(your upload)", 1)
+    assert explorer.image_picker.key == ("(your image)", 1)
     explorer.close()
 
 

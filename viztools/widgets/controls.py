@@ -23,8 +23,8 @@ from viztools.models import VizModel
 #: Width of the description column of every control, so that controls line up in a column.
 DESCRIPTION_WIDTH = "90px"
 CONTROL_STYLE = {"description_width": DESCRIPTION_WIDTH}
-#: The name the image picker gives to the user's uploaded file.
-UPLOADED = "(your upload)"
+#: The name the image picker gives to the user's own image (an upload, or the image the explorer was given).
+UPLOADED = "(your image)"
 
 
 def class_labels(categories: list[str]) -> list[str]:

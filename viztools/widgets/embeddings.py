@@ -100,6 +100,7 @@ class EmbeddingExplorer(Explorer):
             trace.on_hover(self._picked)
         self._pixels_model = _pixels_model(self.model)
         self._plotted: TsneMap | None = None
+        self._features: dict[tuple[str, str], tuple] = {}
         self.on_compute(self.layer_picker, self.perplexity_slider, self.source_picker)
         main = ipywidgets.HBox([self.figure, self.picture], layout=ipywidgets.Layout(flex_flow="row wrap",
                                                                                       align_items="center"))
@@ -117,9 +118,12 @@ class EmbeddingExplorer(Explorer):
         embedded_model, embedded_layer = (self._pixels_model, "pixels") if raw else (self.model, layer)
         pooling = "flatten" if raw else "average"
         what = "raw pixels" if raw else f"{layer} features"
-        # A PCA preview in a second or so (t-SNE takes several): the map appears, then refines.
-        features, _, thumbnails = layer_features(embedded_model, pixels, layer=embedded_layer, pooling=pooling,
-                                                 thumbnail_size=64)
+        # A PCA preview in a second or so (t-SNE takes several): the map appears, then refines. The features do
+        # not depend on the perplexity: kept per layer, so a perplexity change previews at once.
+        if (embedded_layer, pooling) not in self._features:
+            self._features[embedded_layer, pooling] = layer_features(
+                embedded_model, pixels, layer=embedded_layer, pooling=pooling, thumbnail_size=64)
+        features, _, thumbnails = self._features[embedded_layer, pooling]
         preview = Embedding(embedded_layer, pooling, _pca_2d(features), features, labels.numpy(), names, thumbnails)
         yield self._tsne_map(preview, f"{what}, PCA preview (t-SNE running ...)")
         if job.should_stop():
