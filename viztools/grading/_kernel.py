@@ -8,6 +8,7 @@ only the standard library and IPython until the student's code imports more). Co
   (``torch.load(weights_only=True)``; ``{"model": name}`` dicts become models, built once per kernel);
 - ``{"op": "call", "id": K, "function": NAME, "output": PATH, "count_passes": bool}``: call the student's
   ``NAME`` with the prepared arguments and ``torch.save`` its plain result to ``output``;
+- ``{"op": "usage"}``: the CPU seconds used so far (for benchmarks);
 - ``{"op": "interrupt"}``: raise KeyboardInterrupt in whatever runs (the grader's timeout).
 
 Replies are JSON lines naming what happened. Nothing here decides a grade: whatever the student's code does to
@@ -137,6 +138,14 @@ class Kernel:
         except BaseException as exception:
             reply["error"] = _error(exception)
         self.reply(reply)
+
+    def usage(self, command: dict) -> None:
+        """CPU seconds this kernel and its finished children used (a statistic for benchmarks, not a grade)."""
+        import resource
+
+        seconds = sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                          resource.getrusage(resource.RUSAGE_CHILDREN)))
+        self.reply({"op": "usage", "cpu_seconds": seconds})
 
     def loop(self) -> None:
         while True:

@@ -88,6 +88,16 @@ def _grade_child(connection: Connection, path: Path, options: Options, marker: s
     connection.close()
 
 
+def _warm_up() -> None:
+    """Import the grader, IPython's cell transformer and GlyphNet once here, so that no forked process pays."""
+    from viztools.grading import grade, static
+    from viztools.models import load_model
+
+    static.to_python("%matplotlib inline")
+    load_model("glyphnet", quiet=True)
+    del grade
+
+
 def _error_report(path: Path, message: str, exit_status: int | None) -> GradeReport:
     return GradeReport(path=str(path), status="error", message=message, exit_status=exit_status)
 
@@ -96,6 +106,7 @@ def grade_many(paths: list[Path], options: Options, *, jobs: int = 1, hide: Iter
                on_result: Callable[[GradeReport], None] | None = None) -> list[GradeReport]:
     """Grade ``paths`` with up to ``jobs`` processes; ``on_result`` sees each report as it finishes (in order of
     finishing); returns the reports in the order of ``paths``."""
+    _warm_up()
     ids = student_ids(paths)
     hide = [*hide, *{path.resolve().parent for path in paths}]
     context = multiprocessing.get_context("fork")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import resource
 import secrets
 import tempfile
 import time
@@ -169,7 +170,7 @@ def grade_notebook(
     if isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not cell_timeout > 0:
         raise ValueError(f"cell_timeout must be a positive number of seconds; got {cell_timeout!r}.")
     limits = limits or Limits()
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), _own_cpu()
     path = Path(path)
     report = GradeReport(path=str(path), status="error", student=path.stem)
     try:
@@ -213,6 +214,7 @@ def grade_notebook(
                     rng = random.Random(f"{report.seed}:{check.id}")
                     report.checks.append(_run_check(check.id, check.title, check.points,
                                                     functions.get(function_name(check.id)), student, rng, sources))
+                kernel_cpu = kernel.cpu_seconds()
         except (KernelDiedError, OutOfTimeError) as error:
             tail = _log_tail(log)
             report.checks, report.exit_status = [], getattr(error, "exit_status", None)
@@ -225,4 +227,11 @@ def grade_notebook(
     report.status = "graded"
     report.score = sum(result.score for result in report.checks)
     report.seconds = round(time.monotonic() - started, 2)
+    if kernel_cpu is not None:
+        report.cpu_seconds = round(kernel_cpu + _own_cpu() - cpu_before, 2)
     return report
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -30,6 +30,8 @@ LAUNCHER = ("import os, runpy, sys; uid = int(sys.argv[1])\n"
             "if uid >= 0: os.setgroups([]); os.setgid(uid); os.setuid(uid)\n"
             "runpy.run_path(sys.argv[2], run_name='__main__')")
 INTERRUPT_GRACE = 5.0
+#: Seconds a kernel gets to exit by itself when grading is done, before its box is killed.
+EXIT_GRACE = 3.0
 #: Seconds the kernel may take to load a call's inputs and build its models (not the student's time).
 PREPARE_TIMEOUT = 120.0
 MAX_REPLY_BYTES = 1 << 20
@@ -89,13 +91,23 @@ class StudentKernel:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def cpu_seconds(self) -> float | None:
+        """The CPU seconds the kernel says it used (a statistic: the student's code could change it), or None."""
+        with contextlib.suppress(CallTimeoutError, OutOfTimeError, KernelDiedError):
+            seconds = self.request({"op": "usage"}, {"op": "usage"}, EXIT_GRACE).get("cpu_seconds")
+            return float(seconds) if isinstance(seconds, (int, float)) and seconds >= 0 else None
+        return None
+
     def close(self) -> None:
-        """Kill the box and everything it started; close the pipes."""
+        """End the kernel (end of commands, a short wait), then kill the box and everything it started."""
+        with contextlib.suppress(OSError):
+            os.close(self._command_write)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.box.process.wait(timeout=EXIT_GRACE)
         self.box.kill()
         self._selector.close()
-        for fd in (self._command_write, self._reply_read):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(self._reply_read)
 
     def _died(self) -> KernelDiedError:
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -55,6 +55,7 @@ class GradeReport:
     exit_status: int | None = None
     seed: int | None = None
     seconds: float = 0.0
+    cpu_seconds: float | None = None  # grader and kernel CPU time, for sizing a class (the kernel's part is its word)
 
     @property
     def passed(self) -> bool:

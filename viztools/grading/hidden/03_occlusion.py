@@ -6,6 +6,7 @@ Every check draws its inputs from ``rng`` (seeded per grading run) and computes 
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -41,6 +42,7 @@ def _glyph_image(rng: random.Random) -> tuple[torch.Tensor, int]:
     return images, int(labels[0])
 
 
+@functools.lru_cache(maxsize=1)
 def _glyphnet() -> viztools.VizModel:
     return viztools.load_model("glyphnet", quiet=True)
 
