@@ -7,16 +7,14 @@ as the kernel does. One real grading run of the solution (full marks) and of the
 
 from __future__ import annotations
 
-import copy
-import random
 from pathlib import Path
 
-import nbformat
 import pytest
-import torch
+from exercise_support import run_hidden_check
+from exercise_support import solution_namespace as support_namespace
 
-from viztools.grading import _kernel, grade_notebook, load_key
-from viztools.grading.proxy import Returned, StudentError, hidden_checks
+from viztools.grading import grade_notebook, load_key
+from viztools.grading.proxy import hidden_checks
 from viztools.grading.static import forbidden_uses
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,44 +24,13 @@ EXERCISE = REPO / "exercises" / f"{EXERCISE_ID}.ipynb"
 CHECKS = hidden_checks(EXERCISE_ID)
 
 
-class LocalStudent:
-    """The grader's ``Student`` proxy, in process: calls a function of ``namespace`` on copies of the arguments.
-
-    Model specs become models with the kernel's own code (``_kernel.Kernel.model``), results and tensor arguments
-    are converted with the kernel's ``_plain``, and an exception becomes :class:`StudentError`.
-    """
-
-    def __init__(self, namespace: dict) -> None:
-        self.namespace, self.models, self.check = namespace, {}, ""
-
-    def call(self, function: str, *args: object, count_passes: bool = False, **kwargs: object) -> Returned:
-        args = [_kernel.Kernel.model(self, arg) if isinstance(arg, dict) and "model" in arg else copy.deepcopy(arg)
-                for arg in args]
-        try:
-            result = self.namespace[function](*args, **copy.deepcopy(kwargs))
-        except Exception as error:
-            raise StudentError(function, _kernel._error(error)) from error
-        tensors = [arg for arg in args if isinstance(arg, torch.Tensor)]
-        return Returned(_kernel._plain(result), _kernel._plain(tensors), None)
-
-
 def solution_namespace(edits: dict[str, list[tuple[str, str]]] | None = None) -> dict:
-    """The solution's task and helper cells run in a fresh namespace, each ``(old, new)`` edit applied first."""
-    namespace: dict = {"torch": torch}
-    edits = dict(edits or {})
-    for cell in nbformat.read(SOLUTION, as_version=4).cells:
-        if cell.cell_type == "code" and cell.id.startswith(("task-", "helper-")):
-            source = cell.source
-            for old, new in edits.pop(cell.id, []):
-                assert old in source, f"the solution's cell {cell.id} no longer contains {old!r}"
-                source = source.replace(old, new)
-            exec(compile(source, f"<{cell.id}>", "exec"), namespace)
-    assert not edits, f"no such task cells: {sorted(edits)}"
-    return namespace
+    """The solution's task and helper cells in a fresh namespace, each ``(old, new)`` edit applied first."""
+    return support_namespace(EXERCISE_ID, edits=edits)
 
 
-def run_check(name: str, namespace: dict, seed: int = 0) -> list[str]:
-    return CHECKS[name](LocalStudent(namespace), random.Random(f"{seed}:{name}"))
+def run_check(check: str, namespace: dict, seed: int = 0) -> list[str]:
+    return run_hidden_check(EXERCISE_ID, check, namespace, seed)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

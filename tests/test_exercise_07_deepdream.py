@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import io
-import random
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
+from exercise_support import run_hidden_check, solution_cells
 
 import viztools
 from viztools.deepdream import deepdream, octave_sizes
 from viztools.grading import grade, static
-from viztools.grading._kernel import Kernel, _plain
 from viztools.grading.answer_key import load_key
-from viztools.grading.proxy import HIDDEN_DIR, Returned, StudentError, hidden_checks
+from viztools.grading.proxy import HIDDEN_DIR, StudentError, hidden_checks
 
 REPO = Path(__file__).resolve().parents[1]
 EXERCISE = "07_deepdream"
@@ -31,35 +29,13 @@ SOLUTION, BLANK = REPO / "solutions" / f"{EXERCISE}.ipynb", REPO / "exercises" /
 CHECKS = ["check-gradient", "check-step", "check-octave-sizes", "check-octaves"]
 
 
-class LocalStudent:
-    """The grader's ``Student`` proxy, calling functions of a local namespace the way the kernel calls them."""
-
-    def __init__(self, namespace: dict) -> None:
-        self.namespace, self.models, self.check = namespace, {}, ""
-
-    def call(self, function: str, *args: object, count_passes: bool = False, **kwargs: object) -> Returned:
-        buffer = io.BytesIO()
-        torch.save({"args": list(args), "kwargs": kwargs}, buffer)
-        inputs = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-        args = [Kernel.model(self, a) if isinstance(a, dict) and "model" in a else a for a in inputs["args"]]
-        try:
-            result = self.namespace[function](*args, **inputs["kwargs"])
-        except Exception as error:
-            raise StudentError(function, {"type": type(error).__name__, "message": str(error), "frames": []}) from error
-        buffer = io.BytesIO()
-        torch.save({"result": _plain(result), "tensor_args": _plain([a for a in args if isinstance(a, torch.Tensor)])},
-                   buffer)
-        loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-        return Returned(loaded["result"], loaded["tensor_args"], None)
-
-
-def _cells() -> dict[str, str]:
-    return {cell.id: cell.source for cell in nbformat.read(SOLUTION, as_version=4).cells if cell.cell_type == "code"}
+def run(check: str, namespace: dict, seed: int = 0) -> list[str]:
+    return run_hidden_check(EXERCISE, check, namespace, seed)
 
 
 def solution_namespace(**replace: object) -> dict:
     """The solution's ``resize`` (setup cell) and task cells in a fresh namespace; ``replace`` overrides functions."""
-    cells = _cells()
+    cells = solution_cells(EXERCISE)
     namespace: dict = {"torch": torch, "viztools": viztools, "F": F}
     setup = ast.parse(cells["setup"])
     helpers = [node for node in setup.body if isinstance(node, ast.FunctionDef) and node.name == "resize"]
@@ -72,12 +48,6 @@ def solution_namespace(**replace: object) -> dict:
 
 
 CHECK_FUNCTIONS = hidden_checks(EXERCISE)
-
-
-def run(check: str, namespace: dict, seed: int = 0) -> list[str]:
-    student = LocalStudent(namespace)
-    student.check = check
-    return CHECK_FUNCTIONS[check.replace("-", "_")](student, random.Random(f"{seed}:{check}"))
 
 
 def _reference_module():

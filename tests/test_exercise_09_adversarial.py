@@ -7,18 +7,16 @@ grading run each of the solution and the blank exercise is marked slow.
 
 from __future__ import annotations
 
-import io
-import random
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
+from exercise_support import run_hidden_check
+from exercise_support import solution_namespace as support_namespace
 
 from viztools.grading import grade
-from viztools.grading._kernel import Kernel, _plain
 from viztools.grading.answer_key import load_key
-from viztools.grading.proxy import Returned, StudentError, hidden_checks
+from viztools.grading.proxy import StudentError, hidden_checks
 
 REPO = Path(__file__).resolve().parents[1]
 EXERCISE = "09_adversarial"
@@ -26,52 +24,19 @@ SOLUTION, BLANK = REPO / "solutions" / f"{EXERCISE}.ipynb", REPO / "exercises" /
 CHECKS = ["check-gradient", "check-step", "check-fool", "check-fgsm"]
 
 
-class LocalStudent:
-    """The grader's ``Student`` proxy, calling functions of a local namespace the way the kernel calls them."""
-
-    def __init__(self, namespace: dict) -> None:
-        self.namespace, self.models, self.check = namespace, {}, ""
-
-    def call(self, function: str, *args: object, count_passes: bool = False, **kwargs: object) -> Returned:
-        buffer = io.BytesIO()
-        torch.save({"args": list(args), "kwargs": kwargs}, buffer)
-        inputs = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-        args = [Kernel.model(self, a) if isinstance(a, dict) and "model" in a else a for a in inputs["args"]]
-        try:
-            result = self.namespace[function](*args, **inputs["kwargs"])
-        except Exception as error:
-            raise StudentError(function, {"type": type(error).__name__, "message": str(error), "frames": []}) from error
-        buffer = io.BytesIO()
-        torch.save({"result": _plain(result), "tensor_args": _plain([a for a in args if isinstance(a, torch.Tensor)])},
-                   buffer)
-        loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
-        return Returned(loaded["result"], loaded["tensor_args"], None)
-
-
-def solution_namespace(**replace: object) -> dict:
-    """The solution's task cells run in a fresh namespace; ``replace`` overrides some of its functions."""
-    namespace: dict = {"torch": torch, "F": torch.nn.functional}
-    for cell in nbformat.read(SOLUTION, as_version=4).cells:
-        if cell.cell_type == "code" and cell.id.startswith("task-"):
-            exec(compile(cell.source, cell.id, "exec"), namespace)  # our own solution notebook
-    namespace.update(replace)
-    return namespace
-
-
 CHECK_FUNCTIONS = hidden_checks(EXERCISE)
 
 
-def run(check: str, namespace: dict, seed: int = 0) -> list[str]:
-    student = LocalStudent(namespace)
-    student.check = check
-    return CHECK_FUNCTIONS[check.replace("-", "_")](student, random.Random(f"{seed}:{check}"))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Wrong variants
-# ----------------------------------------------------------------------------------------------------------------
-
 F = torch.nn.functional
+
+
+def solution_namespace(**replace: object) -> dict:
+    """The solution's task cells in a fresh namespace; ``replace`` overrides some of its functions."""
+    return support_namespace(EXERCISE, replace=replace, namespace={"F": torch.nn.functional})
+
+
+def run(check: str, namespace: dict, seed: int = 0) -> list[str]:
+    return run_hidden_check(EXERCISE, check, namespace, seed)
 
 
 def gradient_of_probability(model, image, target):
