@@ -18,6 +18,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -301,13 +302,20 @@ def make_key(solution: NotebookNode, path: Path, hidden_dir: Path = HIDDEN_DIR) 
 
 def execute_notebook(notebook: NotebookNode, cwd: Path, cell_timeout: float = 300.0) -> NotebookNode:
     """Run a copy of ``notebook`` top to bottom with nbclient in a kernel of the current Python environment."""
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
-    from nbval.kernel import CURRENT_ENV_KERNEL_NAME, NbvalKernelspecManager
+
+    class CurrentPython(KernelSpecManager):
+        """Every kernel name means ipykernel in this interpreter (no installed kernelspec needed)."""
+
+        def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+            return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                              display_name="Python (viztools build)", language="python")
 
     executed = copy.deepcopy(notebook)
-    manager = KernelManager(kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_spec_manager=NbvalKernelspecManager())
+    manager = KernelManager(kernel_name="python3", kernel_spec_manager=CurrentPython())
     client = NotebookClient(executed, km=manager, timeout=cell_timeout, resources={"metadata": {"path": str(cwd)}})
     try:
         client.execute(env={**os.environ, **BASE_ENVIRONMENT, "PATH": os.environ.get("PATH", "")},

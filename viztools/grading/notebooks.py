@@ -17,9 +17,9 @@ from nbformat import NotebookNode
 
 METADATA_KEY = "viztools"
 CHECK_TAG = "check"
-#: Check cells print only verdict lines, ``"<what>: OK"`` or ``"<what>: WRONG - <why>"`` (see ``checks.report``).
-#: The builder refuses a solution whose checks print anything else or fail; the grader compares verdict lines only,
-#: so a student's debug print (or a warning) inside a checked function cannot fail a check.
+#: Visible check cells print only verdict lines, ``"<what>: OK"`` or ``"<what>: WRONG - <why>"`` (see
+#: ``checks.report``), for the students' self-testing. The builder refuses a solution whose visible checks print
+#: anything else or fail. The grader never reads these lines: it grades with the hidden checks.
 PASS_WORD = "OK"
 FAIL_WORD = "WRONG"
 VERDICT_LINE = re.compile(rf"^.*: (?:{PASS_WORD}|{FAIL_WORD}\b.*)$")
