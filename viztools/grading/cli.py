@@ -22,13 +22,13 @@ EXIT_PASSED, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 
 
 
-def _positive_seconds(text: str) -> float:
+def _positive_number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"the timeout must be positive; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
     return value
 
 
@@ -165,11 +165,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     grade.add_argument("--json", action="store_true", help="print the machine-readable report instead of text")
     grade.add_argument("--shard", default=None, metavar="I/N",
                        help="grade only the I-th of N deterministic parts of the sorted notebooks")
-    grade.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_CELL_TIMEOUT, metavar="SECONDS",
+    grade.add_argument("--timeout", type=_positive_number, default=DEFAULT_CELL_TIMEOUT, metavar="SECONDS",
                        help="seconds each cell and each call of a student's function may run (default: %(default)g)")
-    grade.add_argument("--wall", type=_positive_seconds, default=DEFAULT_WALL_SECONDS, metavar="SECONDS",
+    grade.add_argument("--wall", type=_positive_number, default=DEFAULT_WALL_SECONDS, metavar="SECONDS",
                        help="seconds one notebook's whole grading may take (default: %(default)g)")
-    grade.add_argument("--memory", type=_positive_seconds, default=DEFAULT_MEMORY_GB, metavar="GB",
+    grade.add_argument("--memory", type=_positive_number, default=DEFAULT_MEMORY_GB, metavar="GB",
                        help="address-space limit of a kernel in GB (default: %(default)g; torch alone maps ~3.2)")
     grade.add_argument("--processes", type=_positive_int, default=DEFAULT_MAX_PROCESSES, metavar="N",
                        help="processes and threads a kernel may run (default: %(default)s)")
