@@ -32,22 +32,42 @@ runs each notebook in a sandboxed kernel (:mod:`viztools.grading.sandbox`) and t
 so nothing printed, patched or written in the notebook can change a score (:mod:`viztools.grading.grade`).
 """
 
-from viztools.grading.answer_key import AnswerKey, CheckKey, known_exercises, load_key
-from viztools.grading.build import BuildError, build_exercises, check_sync
-from viztools.grading.cli import add_commands
-from viztools.grading.grade import grade_notebook
-from viztools.grading.report import CheckResult, GradeReport
+from __future__ import annotations
 
-__all__ = [
-    "AnswerKey",
-    "BuildError",
-    "CheckKey",
-    "CheckResult",
-    "GradeReport",
-    "add_commands",
-    "build_exercises",
-    "check_sync",
-    "grade_notebook",
-    "known_exercises",
-    "load_key",
-]
+import importlib
+from typing import Any
+
+# Public name -> the submodule that defines it. Imported on first use (PEP 562), so that ``viztools --help`` and
+# the ``viztools.grading.checks`` helpers a notebook imports do not load the whole grader (nbformat, torch).
+_EXPORTS: dict[str, str] = {
+    "AnswerKey": "answer_key",
+    "CheckKey": "answer_key",
+    "known_exercises": "answer_key",
+    "load_key": "answer_key",
+    "BuildError": "build",
+    "build_exercises": "build",
+    "check_sync": "build",
+    "add_commands": "cli",
+    "grade_notebook": "grade",
+    "CheckResult": "report",
+    "GradeReport": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"viztools.grading.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f"viztools.grading.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"viztools.grading.{name}":
+            raise
+        raise AttributeError(f"module 'viztools.grading' has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
