@@ -418,14 +418,19 @@ def test_forbidden_use_fails_the_tasks_checks_with_a_message() -> None:
                                                                                           "task-batched"}
 
 
-def test_unchanged_visible_check_cells_are_not_run_but_edited_ones_are() -> None:
+def test_visible_check_cells_are_not_run_edited_or_not_but_copies_elsewhere_are_student_code() -> None:
     notebook = read_notebook(OCCLUSION_EXERCISE)
     key = load_key("03_occlusion")
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    code[2].source = code[2].source + "\nprint('edited')"  # the first visible check, edited: it is student code now
+    code[2].source = code[2].source + "\nprint('edited')"  # the first visible check, edited in place (same id)
     sources = grade.student_cells(notebook, key)
-    assert 3 in sources and 7 not in sources  # code cell 7 is the unchanged check-naive-glyphnet
-    assert len(sources) == len(code) - len(key.checks) + 1
+    assert 3 not in sources and 7 not in sources  # code cell 7 is the unchanged check-naive-glyphnet
+    assert len(sources) == len(code) - len(key.checks)
+    # its library import (the reference it compares with) does not count as an off-limits call of any task
+    assert grade.forbidden_by_task(key, sources, grade.code_cell_ids(notebook)) == {}
+    copy = nbformat.v4.new_code_cell(code[2].source)  # the same check pasted as a new cell: a new id
+    notebook.cells.append(copy)
+    assert len(code) + 1 in grade.student_cells(notebook, key)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -78,11 +78,17 @@ def identify_exercise(notebook: NotebookNode, path: Path) -> str:
 
 
 def student_cells(notebook: NotebookNode, key: AnswerKey) -> dict[int, str]:
-    """1-based code cell number -> source of the cells that run: all non-empty code cells but visible checks."""
+    """1-based code cell number -> source of the cells that run: all non-empty code cells but visible checks.
+
+    A visible check is recognized by its source (also where it was copied) and by its cell id (also where a
+    student edited it, e.g. added a print): visible checks never count, so they are neither run nor scanned for
+    off-limits calls (the library calls a check itself makes would otherwise fail every task).
+    """
     visible = {check.source_sha256 for check in key.checks}
-    code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
-    return {number: source for number, source in enumerate(code, start=1)
-            if source.strip() and source_digest(source) not in visible}
+    check_ids = {check.id for check in key.checks}
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    return {number: cell.source for number, cell in enumerate(code, start=1)
+            if cell.source.strip() and source_digest(cell.source) not in visible and cell.get("id") not in check_ids}
 
 
 def code_cell_ids(notebook: NotebookNode) -> dict[int, str | None]:

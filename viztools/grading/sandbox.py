@@ -132,6 +132,10 @@ def isolation_summary() -> str:
     return f"no bubblewrap: setrlimit, a new session and a private folder, as {user}"
 
 
+#: Seconds to wait for killed processes to disappear before grading goes on.
+KILL_WAIT = 5.0
+
+
 @dataclass
 class Box:
     """One running sandboxed process and what is needed to stop it and everything it started."""
@@ -147,17 +151,29 @@ class Box:
         its own, every process of that uid (detached children that cleared their environment too)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        for _ in range(5):  # a child may fork while we scan; scan until nothing is left
+        deadline = time.monotonic() + KILL_WAIT
+        while True:  # a child may fork while we scan, and a killed process takes a moment to go: scan until none
             pids = set(marked_processes(self.marker))
             if self.uid is not None:
                 pids |= set(user_processes(self.uid))
-            if not pids:
+            pids = {pid for pid in pids if _running(pid)}
+            if not pids or time.monotonic() > deadline:
                 break
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
+
+
+def _running(pid: int) -> bool:
+    """False for a process that is gone or a zombie (dead, waiting to be reaped)."""
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def user_processes(uid: int) -> list[int]:
