@@ -78,6 +78,7 @@ def test_one_weight_slider_per_style_layer_and_every_loss_term_per_step(model, r
     explorer.close()
 
 
+@pytest.mark.slow  # 200 style-transfer steps: about 3 s
 def test_curves_grow_live_while_the_image_changes(model):
     explorer = StyleExplorer(model, steps=200)
     lengths: list[int] = []
