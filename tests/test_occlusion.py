@@ -11,7 +11,7 @@ import math
 import matplotlib
 import pytest
 import torch
-from test_incremental import centred_glyphnet_model, glyph_image, hand_built_model, wrap
+from test_incremental import glyph_image, hand_built_model, wrap
 from torch import nn
 
 from viztools.data import gaussian_blur
@@ -32,11 +32,6 @@ from viztools.occlusion import (
 matplotlib.use("Agg")
 # The hand-built model's even-kernel padding="same" convolution makes PyTorch warn about a padded copy.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
-
-
-@pytest.fixture(scope="module")
-def centred_glyphnet() -> VizModel:
-    return centred_glyphnet_model()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -312,33 +307,6 @@ def test_inputs_a_new_user_might_try_raise_errors_naming_the_fix(entry: object, 
         entry(glyphnet, image, 0, patch_size=65)  # checked when called, also for the coarse-to-fine generator
     with pytest.raises(ValueError, match="Unknown class name"):
         entry(glyphnet, image, "unicorn")
-
-
-@pytest.mark.parametrize("method", ["naive", "batched", "incremental"])
-def test_model_unchanged_and_no_hooks_remain(method: str, centred_glyphnet: VizModel) -> None:
-    model = centred_glyphnet
-    image = glyph_image(2)
-    state = {k: v.clone() for k, v in model.network.state_dict().items()}
-
-    def input_gradient() -> torch.Tensor:
-        pixels = image.clone().requires_grad_(True)
-        model(pixels)[0, 3].backward()
-        return pixels.grad
-
-    before = input_gradient()
-    occlusion(model, image, 3, patch_size=16, stride=16, method=method)
-
-    def failing_progress(progress: OcclusionProgress) -> None:
-        if progress.done > 0:  # after the set-up and the first batch
-            raise RuntimeError("progress display broke")
-
-    with pytest.raises(RuntimeError, match="progress display broke"):
-        occlusion(model, image, 3, patch_size=16, stride=16, method=method, should_stop=failing_progress)
-    assert not has_hooks(model.network)
-    assert not model.network.training
-    assert all(not p.requires_grad for p in model.network.parameters())
-    assert all(torch.equal(state[k], v) for k, v in model.network.state_dict().items())
-    torch.testing.assert_close(input_gradient(), before, atol=0, rtol=0)
 
 
 def test_plot_occlusion_overlays_the_heatmap_with_a_colour_bar() -> None:
