@@ -110,6 +110,10 @@ def _bwrap_base() -> list[str]:
             "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/run"]
 
 
+#: Folders the kernel gets empty (``/tmp`` and ``/run`` by :func:`_bwrap_base`, the homes by :func:`_bwrap_prefix`).
+PRIVATE_FOLDERS = ("/tmp", "/run", "/root", "/home")
+
+
 @functools.lru_cache(maxsize=1)
 def bubblewrap_works() -> bool:
     """Whether ``bwrap --unshare-... true`` runs here (checked once per process)."""
@@ -254,8 +258,8 @@ def _bwrap_prefix(scratch: Path, hidden: Sequence[Path]) -> list[str]:
                 made.add(parent)
         command.extend([how, str(path), str(path)])
 
-    for path in needed:
-        if path.is_relative_to("/root") or path.is_relative_to("/home"):
+    for path in needed:  # a checkout or venv under a private folder (root's home, /tmp in CI) is bound back
+        if any(path.is_relative_to(folder) for folder in PRIVATE_FOLDERS):
             bind(path, "--ro-bind")
     for folder in hidden:
         if folder.is_dir() and not any(p.is_relative_to(folder) for p in (scratch, *needed)):
