@@ -392,7 +392,7 @@ def test_endless_loops_cost_one_timeout_each_and_a_stuck_kernel_is_an_error(tmp_
     looping = ("def patch_positions(size, patch_size, stride):\n    while True:\n        pass")
     report = grade.grade_notebook(_notebook(tmp_path / "03_occlusion_loop.ipynb", [looping, "while True:\n    pass"]),
                                   cell_timeout=5, seed=1)
-    assert report.status == "graded"
+    assert report.status == "graded", report.message
     assert [p.status for p in report.cell_problems] == ["timeout"]
     positions = _by_id(report)["check-positions"]
     assert positions.status == "timeout" and "did not finish within 5 s" in positions.feedback
