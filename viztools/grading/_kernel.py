@@ -22,6 +22,7 @@ import _thread
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 import traceback
@@ -173,6 +174,9 @@ def _read_commands(command_fd: int, commands: queue.Queue) -> None:
 
 
 def main() -> None:
+    # The grader's interrupt is a simulated SIGINT, which Python ignores when the kernel inherited an ignored SIGINT
+    # (a grader started in the background by a shell, or by CI): handle it as Python does by default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     command_fd, reply_fd = int(sys.argv[-2]), int(sys.argv[-1])
     commands: queue.Queue = queue.Queue()
     threading.Thread(target=_read_commands, args=(command_fd, commands), daemon=True).start()

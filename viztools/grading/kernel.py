@@ -29,7 +29,7 @@ KERNEL_SCRIPT = Path(__file__).with_name("_kernel.py")
 LAUNCHER = ("import os, runpy, sys; uid = int(sys.argv[1])\n"
             "if uid >= 0: os.setgroups([]); os.setgid(uid); os.setuid(uid)\n"
             "runpy.run_path(sys.argv[2], run_name='__main__')")
-INTERRUPT_GRACE = 10.0  # generous: on a loaded machine a kernel may take seconds to act on SIGINT
+INTERRUPT_GRACE = 5.0
 #: Seconds a kernel gets to exit by itself when grading is done, before its box is killed.
 EXIT_GRACE = 3.0
 #: Seconds the kernel may take to load a call's inputs and build its models (not the student's time).
