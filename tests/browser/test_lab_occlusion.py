@@ -8,32 +8,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from lab_scripts import KERNEL_IDLE, RUN_STATE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 NOTEBOOK = "lectures/03_occlusion.ipynb"
-
-KERNEL_IDLE = """() => {
-  const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-  const kernel = panel && panel.sessionContext && panel.sessionContext.session
-    && panel.sessionContext.session.kernel;
-  return Boolean(kernel) && kernel.status === 'idle';
-}"""
-
-# '' while cells are still running, 'done' when every code cell ran, 'error: ...' at the first failing cell.
-RUN_STATE = """() => {
-  const panel = window.jupyterapp.shell.currentWidget;
-  const cells = panel.content.widgets.filter(cell => cell.model.type === 'code');
-  for (const cell of cells) {
-    for (const output of cell.model.outputs.toJSON()) {
-      if (output.output_type === 'error') {
-        return 'error: ' + output.ename + ': ' + output.evalue;
-      }
-    }
-  }
-  const ran = cells.every(cell => cell.model.executionCount !== null);
-  return ran && panel.sessionContext.session.kernel.status === 'idle' ? 'done' : '';
-}"""
 
 # SHA-256 of the bytes behind the widget's <img> (ipywidgets serves them as a blob: URL).
 IMAGE_DIGEST = """async (img) => {

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from lab_scripts import KERNEL_IDLE, RUN_STATE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -83,28 +84,6 @@ CELL_OF = {case.name: index + 1 for index, case in enumerate(AVAILABLE)}  # code
 # JupyterLab at 1024x768 with 150% zoom: the CSS-pixel viewport and the device pixels per CSS pixel.
 ZOOMED = {"width": 683, "height": 512, "deviceScaleFactor": 1.5, "mobile": False}
 ZOOM_APPLIED = "() => window.innerWidth === 683 && window.devicePixelRatio === 1.5"
-
-KERNEL_IDLE = """() => {
-  const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-  const kernel = panel && panel.sessionContext && panel.sessionContext.session
-    && panel.sessionContext.session.kernel;
-  return Boolean(kernel) && kernel.status === 'idle';
-}"""
-
-# '' while cells are still running, 'done' when every code cell ran, 'error: ...' at the first failing cell.
-RUN_STATE = """() => {
-  const panel = window.jupyterapp.shell.currentWidget;
-  const cells = panel.content.widgets.filter(cell => cell.model.type === 'code');
-  for (const cell of cells) {
-    for (const output of cell.model.outputs.toJSON()) {
-      if (output.output_type === 'error') {
-        return 'error: ' + output.ename + ': ' + output.evalue;
-      }
-    }
-  }
-  const ran = cells.every(cell => cell.model.executionCount !== null);
-  return ran && panel.sessionContext.session.kernel.status === 'idle' ? 'done' : '';
-}"""
 
 # SHA-256 of what the widget shows: the bytes behind its first <img> (a blob: URL), or a plotly plot's SVG.
 PICTURE_DIGEST = """async (explorer, plotly) => {
