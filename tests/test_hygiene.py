@@ -31,10 +31,13 @@ from viztools import (
     deepdream,
     embeddings,
     filters,
+    grad_cam,
+    integrated_gradients,
     inversion,
     occlusion,
     patches,
     saliency,
+    smooth_grad,
     style,
 )
 from viztools.hooks import has_hooks
@@ -119,6 +122,15 @@ CASES = [
             m, IMAGE, layer="conv3", channel=2, rule=rule), fail_at=1, active="hooks" if rule == "plain" else "mode")
         for rule in ("plain", "guided", "deconvnet")
     ],
+    Case("grad_cam.grad_cam", lambda m, s: grad_cam.grad_cam(m, IMAGE, 3), fail_at=2,
+         active="hooks"),  # the first forward with hooks finds the default layer
+    *[
+        Case(f"smooth_grad.smooth_grad[{rule}]", lambda m, s, rule=rule: smooth_grad.smooth_grad(
+            m, IMAGE, 3, samples=4, batch_size=2, rule=rule), fail_at=fail_at, active=active)
+        for rule, fail_at, active in [("plain", 2, "nothing"), ("guided", 2, "mode")]  # the second batch
+    ],
+    Case("integrated_gradients.integrated_gradients", lambda m, s: integrated_gradients.integrated_gradients(
+        m, IMAGE, 3, steps=4, batch_size=2), fail_at=2, active="nothing"),  # the second batch of path points
     Case("class_visualization.class_visualization", lambda m, s: class_visualization.class_visualization(
         m, target=1, steps=4, blur_every=2, **stop_kw(s)), fail_at=3, active="nothing", stoppable=True),
     Case("class_visualization.class_visualization_optimization", lambda m, s: live(
@@ -276,6 +288,9 @@ PUBLIC_TECHNIQUES = {
     embeddings: ["tsne_embedding", "layer_features"],
     occlusion: ["occlusion", "occlusion_coarse_to_fine"],
     saliency: ["saliency", "guided_backprop", "deconvnet", "input_gradient", "neuron_gradient"],
+    grad_cam: ["grad_cam"],
+    smooth_grad: ["smooth_grad"],
+    integrated_gradients: ["integrated_gradients"],
     class_visualization: ["class_visualization", "class_visualization_optimization"],
     inversion: ["invert_features", "invert_features_optimization"],
     deepdream: ["deepdream", "deepdream_optimization"],

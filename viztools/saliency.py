@@ -143,6 +143,25 @@ def input_gradient(model: VizModel, image: torch.Tensor, target: int | str | Non
     return gradient[0]
 
 
+def score_gradients(model: VizModel, batch: torch.Tensor, target: int, *,
+                    rule: str = "plain") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gradients (N, 3, H, W), scores (N,))`` of class ``target``'s score for every image of ``batch``.
+
+    One forward and one backward pass for the whole batch (the model is in eval mode, so the images do not
+    interact). The images need not be valid pixels: SmoothGrad's noisy copies and Integrated Gradients' path
+    points go through here. ``rule`` as in :func:`input_gradient`.
+    """
+    rule = check_choice(rule, "rule", RULES)
+    parameter = next(model.network.parameters(), None)
+    dtype = parameter.dtype if parameter is not None else batch.dtype
+    pixels = batch.detach().to(dtype).clone().requires_grad_(True)
+    with torch.enable_grad():
+        with relu_rule(rule):
+            scores = model(pixels)[:, target]
+        (gradients,) = torch.autograd.grad(scores.sum(), pixels)
+    return gradients, scores.detach()
+
+
 def saliency(model: VizModel, image: torch.Tensor, target: int | str | None = None) -> torch.Tensor:
     """Saliency map ``(H, W)`` of Simonyan, Vedaldi & Zisserman (2014): max over colour channels of the absolute
     gradient of the class score (the unnormalized logit) with respect to the input pixels.
