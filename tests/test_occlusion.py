@@ -337,3 +337,14 @@ def test_plot_occlusion_overlays_the_heatmap_with_a_colour_bar() -> None:
     with pytest.raises(ValueError, match=r"plot_occlusion\(result, image\)"):
         plot_occlusion(bare)
     plt.close("all")
+
+
+def test_plot_occlusion_draws_several_maps_on_one_colour_scale() -> None:
+    result = occlusion(hand_built_model(), torch.rand(1, 3, 40, 40), 0, patch_size=10, stride=5)
+    own_scale = abs(float(result.drop.abs().max()))
+    assert plot_occlusion(result).axes[0].images[1].get_clim() == pytest.approx((-own_scale, own_scale))
+    figure = plot_occlusion(result, limit=2.0, colorbar=False)
+    assert len(figure.axes) == 1  # no colour bar: the caller draws one for all maps
+    assert figure.axes[0].images[1].get_clim() == (-2.0, 2.0)
+    with pytest.raises(ValueError, match="limit"):
+        plot_occlusion(result, limit=0)

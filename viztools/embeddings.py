@@ -233,8 +233,13 @@ def tsne_grid(embedding: Embedding | np.ndarray, *, rows: int | None = None, col
 
 
 def _class_colours(count: int) -> np.ndarray:
-    cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20" if count <= 20 else "turbo"]
-    return np.array([cmap(i if count <= 20 else i / max(count - 1, 1))[:3] for i in range(count)])
+    """Colours that differ: tab10's ten, then black, then tab20's light tints (its pairs sit far apart in the
+    list, so neighbouring classes never get a colour and its tint); ``turbo`` beyond 21."""
+    if count > 21:
+        return np.array([matplotlib.colormaps["turbo"](i / (count - 1))[:3] for i in range(count)])
+    tab10, tab20 = matplotlib.colormaps["tab10"], matplotlib.colormaps["tab20"]
+    palette = [tab10(i)[:3] for i in range(10)] + [(0.0, 0.0, 0.0)] + [tab20(2 * i + 1)[:3] for i in range(10)]
+    return np.array(palette[:count])
 
 
 def tsne_grid_image(embedding: Embedding, grid: TsneGrid, *, frame: int = 2) -> np.ndarray:
@@ -269,7 +274,7 @@ def plot_tsne(embedding: Embedding, *, ax: Axes | None = None, point_size: float
             chosen = embedding.labels == label
             ax.scatter(x[chosen], y[chosen], s=point_size, color=colours[label], alpha=0.8, linewidths=0,
                        label=embedding.class_names[label])
-        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False, markerscale=1.5)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=10, frameon=False, markerscale=1.5)
     ax.set_title(f"t-SNE of {embedding.layer} features ({len(x)} images)", fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])

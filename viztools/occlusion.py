@@ -256,17 +256,23 @@ def plot_occlusion(
     kind: str = "drop",
     alpha: float = 0.5,
     title: str | None = None,
+    limit: float | None = None,
+    colorbar: bool = True,
 ) -> Figure:
     """Overlay ``result.heatmap(kind)`` on the image (default: ``result.image``) with a colour bar.
 
-    ``"drop"`` uses a diverging map centred on 0 (red: occluding there lowers the target probability),
-    ``"probability"`` a sequential map over [0, 1]. Draws on ``ax`` and returns its figure, or makes a new
-    :class:`matplotlib.figure.Figure` (not registered with pyplot) when ``ax`` is None.
+    ``"drop"`` uses a diverging map centred on 0 (red: occluding there lowers the target probability) over
+    ``[-limit, limit]`` (default: this map's largest absolute drop; pass one ``limit`` to several maps to compare
+    them on one scale), ``"probability"`` a sequential map over [0, 1]. ``colorbar=False`` leaves the colour bar
+    out (draw one for several maps with ``figure.colorbar(ax.images[-1], ax=axes)``). Draws on ``ax`` and returns
+    its figure, or makes a new :class:`matplotlib.figure.Figure` (not registered with pyplot) when ``ax`` is None.
     """
     from matplotlib.figure import Figure
 
     check_choice(kind, "kind", KINDS)
     alpha = check_float(alpha, "alpha", low=0.0, high=1.0)
+    if limit is not None:
+        limit = check_float(limit, "limit", low=0.0, low_inclusive=False)
     if image is None:
         image = result.image
         if image is None:
@@ -283,13 +289,14 @@ def plot_occlusion(
     heat = result.heatmap(kind).numpy()
     ax.imshow(to_numpy_image(pixels))
     if kind == "drop":
-        limit = float(abs(result.drop).max()) or 1.0
+        limit = limit if limit is not None else float(abs(result.drop).max()) or 1.0
         overlay = ax.imshow(heat, cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=alpha)
         label = "drop in target probability"
     else:
         overlay = ax.imshow(heat, cmap="viridis", vmin=0.0, vmax=1.0, alpha=alpha)
         label = "target probability"
-    figure.colorbar(overlay, ax=ax, label=label)
+    if colorbar:
+        figure.colorbar(overlay, ax=ax, label=label)
     ax.set_axis_off()
     ax.set_title(title if title is not None else
                  f"Occlusion: class {result.target}, p = {result.baseline:.2f}\n"

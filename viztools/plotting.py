@@ -20,6 +20,10 @@ from matplotlib.figure import Figure, SubFigure
 from viztools._validation import check_float, check_int
 from viztools.data import to_numpy_image
 
+#: Text size (points) of titles and labels in viztools' figures: readable on a projector, where a figure is often
+#: shown scaled down to the notebook's width. No text in a lecture figure should be smaller than 10 points.
+FONT_SIZE = 11.0
+
 
 class _NotebookFigure(Figure):
     """A Figure that a notebook shows as PNG even where pyplot's inline backend was never set up."""
@@ -50,19 +54,21 @@ def axes_grid(
     ax: Axes | None = None,
     panel_size: float = 2.0,
     title_lines: int = 1,
+    fontsize: float = FONT_SIZE,
 ) -> tuple[Figure | SubFigure, list[Axes]]:
     """A grid of ``count`` panels, ``columns`` per row: ``(container, axes)``; unused cells are removed.
 
     With ``ax`` the grid takes ``ax``'s place in its figure (a subfigure replaces it), so a grid can sit beside
     other plots; ``container.get_figure(root=True)`` is then the figure to return. Otherwise the container is a
     fresh Figure sized ``panel_size`` inches per panel plus room for
-    ``title_lines`` lines of title per row.
+    ``title_lines`` lines of title (of ``fontsize`` points) per row.
     """
     count = check_int(count, "count", low=1)
     columns = min(check_int(columns, "columns", low=1), count)
     rows = math.ceil(count / columns)
     if ax is None:
-        height = rows * (panel_size + 0.18 * title_lines) + 0.3
+        line = 1.3 * fontsize / 72  # inches per line of title, with matplotlib's line spacing
+        height = rows * (panel_size + line * title_lines + (0.12 if title_lines else 0.0)) + 0.3
         container = new_figure((columns * panel_size + 0.3, height))
     else:
         container = ax.get_figure(root=False).add_subfigure(ax.get_subplotspec())
@@ -99,7 +105,7 @@ def show_images(
     *,
     ax: Axes | None = None,
     panel_size: float = 2.0,
-    fontsize: float = 9.0,
+    fontsize: float = FONT_SIZE,
     same_scale: bool = False,
     cmap: str = "gray",
     row_labels: Sequence[str] | None = None,
@@ -129,7 +135,8 @@ def show_images(
         raise ValueError(f"row_labels must hold one label per row ({rows}); got {len(row_labels)}.")
     texts = [_wrapped(title, panel_size, fontsize) for title in titles] if titles is not None else None
     lines = max((text.count("\n") + 1 for text in texts), default=0) if texts else 0
-    container, axes = axes_grid(len(arrays), columns, ax=ax, panel_size=panel_size, title_lines=lines)
+    container, axes = axes_grid(len(arrays), columns, ax=ax, panel_size=panel_size, title_lines=lines,
+                                fontsize=fontsize)
     cell_height = max(array.shape[0] for array in arrays)
     cell_width = max(array.shape[1] for array in arrays)
     for index, (panel, array) in enumerate(zip(axes, arrays, strict=True)):
