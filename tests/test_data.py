@@ -116,3 +116,25 @@ def test_image_source_reads_tensors_data_sets_and_checks_pixels() -> None:
         ImageSource(torch.rand(0, 3, 8, 8))
     with pytest.raises(ValueError, match=r"images 0\.\.1 contains NaN"):
         list(ImageSource(torch.full((2, 3, 4, 4), float("nan"))).batches(4))
+
+
+def test_the_generated_painting_is_deterministic_and_looks_like_a_night_sky_of_strokes() -> None:
+    """viztools.artwork.starry_strokes: same seed, same picture; blue sky, yellow stars, brush-stroke texture."""
+    from scipy import ndimage
+
+    from viztools.artwork import starry_strokes
+
+    painting = viztools.example_image("starry_strokes")
+    assert painting.shape == (512, 512, 3) and painting.dtype == np.uint8
+    assert np.array_equal(painting, starry_strokes(512, seed=0))
+    assert not np.array_equal(starry_strokes(128, seed=0), starry_strokes(128, seed=1))
+    painting[0, 0] = 0  # a copy: the cached painting is not changed
+    assert np.array_equal(starry_strokes()[1:], painting[1:])
+    red, green, blue = painting.reshape(-1, 3).astype(float).T
+    assert (blue > red + 40).mean() > 0.5, "mostly blue"
+    assert ((red > 180) & (green > 140) & (blue < 120)).mean() > 0.01, "yellow stars"
+    grey = painting.mean(axis=2)
+    detail = np.abs(grey - ndimage.gaussian_filter(grey, 2)).mean()
+    assert detail > 4, "strokes and their relief, not a smooth gradient"
+    with pytest.raises(ValueError, match=r"size must be an integer in \[64, 4096\]"):
+        starry_strokes(8)

@@ -51,7 +51,17 @@ def _matplotlib(filename: str) -> Callable[[], np.ndarray]:
     return load
 
 
-#: Example images by name: (description, loader). All ship with scikit-image, scikit-learn or matplotlib.
+def _artwork(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from viztools import artwork
+
+        return getattr(artwork, name)()
+
+    return load
+
+
+#: Example images by name: (description, loader). All ship with scikit-image, scikit-learn or matplotlib,
+#: or are made here (the painting).
 EXAMPLE_IMAGES: dict[str, tuple[str, Callable[[], np.ndarray]]] = {
     "cat": ("Chelsea the cat (scikit-image)", _skimage("chelsea")),
     "coffee": ("a cup of coffee (scikit-image)", _skimage("coffee")),
@@ -64,6 +74,8 @@ EXAMPLE_IMAGES: dict[str, tuple[str, Callable[[], np.ndarray]]] = {
     # Textures, for neural style and as backgrounds.
     "hubble": ("texture: the Hubble deep field (scikit-image)", _skimage("hubble_deep_field")),
     "stained_cells": ("texture: stained tissue (scikit-image immunohistochemistry)", _skimage("immunohistochemistry")),
+    "starry_strokes": ("painting: swirling brush strokes in a night-sky palette (made by viztools.artwork)",
+                       _artwork("starry_strokes")),
     "colorwheel": ("texture: a colour wheel (scikit-image)", _skimage("colorwheel")),
     "brick": ("texture: a brick wall (scikit-image, greyscale)", _skimage("brick")),
     "grass": ("texture: grass (scikit-image, greyscale)", _skimage("grass")),
@@ -343,6 +355,6 @@ class ImageSource:
                     raise ValueError(f"All images must have the same size; images {start}..{stop - 1} have {shapes}.")
                 pixels = torch.stack([pixels for pixels, _ in items]).float()
                 found = [label for _, label in items]
-                labels = None if None in found else torch.tensor(found)
+                labels = None if None in found else torch.tensor(found, device="cpu")
             check_image(pixels, f"images {start}..{stop - 1}", batch=True, pixels=True)
             yield start, pixels, labels
