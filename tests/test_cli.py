@@ -64,7 +64,8 @@ def test_import_viztools_imports_no_heavy_module():
     assert _heavy_modules_after("import viztools") == "[]"
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["lab", "--help"]], ids=" ".join)
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["lab", "--help"], ["course", "--help"],
+                                  ["present", "--help"]], ids=" ".join)
 def test_command_line_help_and_version_import_no_heavy_module(argv):
     code = f"from viztools.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
     assert _heavy_modules_after(code) == "[]"
@@ -101,7 +102,7 @@ def _every_help_text() -> dict[str, str]:
 
 def test_help_texts_have_no_markup():
     texts = _every_help_text()
-    assert {"info", "download", "train-glyphnet", "lab", "build-exercises", "grade"} <= set(texts)
+    assert {"info", "download", "train-glyphnet", "course", "lab", "present", "build-exercises", "grade"} <= set(texts)
     for command, text in texts.items():
         for markup in ("``", ":func:", ":mod:", ":class:"):
             assert markup not in text, f"'{command} --help' shows {markup}:\n{text}"
@@ -142,7 +143,7 @@ def test_lab_opens_the_first_lecture_when_the_folder_has_it(tmp_path):
 def test_lab_default_folder(tmp_path, monkeypatch):
     clone = tmp_path / "clone"
     monkeypatch.setattr(cli, "SOURCE_ROOT", clone)
-    assert cli.default_lab_folder(tmp_path) == tmp_path  # no clone anywhere: the current folder
+    assert cli.default_lab_folder(tmp_path) == tmp_path / "viztools-course"  # no clone anywhere: the course
     (clone / "lectures").mkdir(parents=True)
     (clone / "lectures" / cli.FIRST_LECTURE).write_text("{}", encoding="utf-8")
     assert cli.default_lab_folder(tmp_path) == clone / "lectures"  # the clone viztools is installed from
@@ -172,6 +173,7 @@ def test_lab_skips_ports_in_use():
             cli.free_port("127.0.0.1", [busy.getsockname()[1]])
 
 
-def test_lab_refuses_a_missing_folder(capsys, tmp_path):
-    assert main(["lab", str(tmp_path / "missing")]) == 2
-    assert "is not a folder" in capsys.readouterr().err
+def test_lab_refuses_a_file(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    assert main(["lab", str(tmp_path / "notes.txt")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""`viztools lab`: the real server starts (also as root), serves lecture 00, and stops with its process group."""
+"""`viztools lab`: the real server starts (also as root), serves lecture 00 (of the clone's lectures/, or of a
+course it writes into a new folder), and stops with its process group."""
 
 from __future__ import annotations
 
@@ -44,14 +45,17 @@ def _group_alive(pgid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="stops the server through its process group (POSIX)")
-def test_viztools_lab_serves_lecture_00_and_stops(tmp_path):
+@pytest.mark.parametrize("where", ["clone", "new course"])
+def test_viztools_lab_serves_lecture_00_and_stops(tmp_path, where):
+    folder, page = (LECTURES, "00_getting_started.ipynb") if where == "clone" else (
+        tmp_path / "my course", "lectures/00_getting_started.ipynb")
     port, token = _free_port(), "viztools-test-token"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
     log = tmp_path / "lab.log"
     with log.open("w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "viztools", "lab", str(LECTURES), "--port", str(port), "--token", token,
+            [sys.executable, "-m", "viztools", "lab", str(folder), "--port", str(port), "--token", token,
              "--no-browser"],
             stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -61,10 +65,13 @@ def test_viztools_lab_serves_lecture_00_and_stops(tmp_path):
             assert process.poll() is None, f"viztools lab exited with {process.returncode}:\n{log.read_text()}"
             assert time.monotonic() < deadline, f"no answer after {START_TIMEOUT:g} s:\n{log.read_text()}"
             time.sleep(0.25)
-        lecture = _get_json(f"{base}/api/contents/00_getting_started.ipynb?token={token}")
+        lecture = _get_json(f"{base}/api/contents/{page}?token={token}")
         assert lecture is not None and lecture["type"] == "notebook" and lecture["content"]["cells"]
         printed = log.read_text()
-        assert f"http://localhost:{port}/lab/tree/00_getting_started.ipynb?token={token}" in printed
+        assert f"http://localhost:{port}/lab/tree/{page}?token={token}" in printed
+        if where == "new course":  # the course was written first, exercises beside the lectures
+            assert "Course of viztools" in printed
+            assert _get_json(f"{base}/api/contents/exercises?token={token}")["content"]
         assert ("--allow-root" in printed) == (os.geteuid() == 0)
     finally:
         if process.poll() is None:

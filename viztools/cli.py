@@ -1,7 +1,9 @@
-"""The viztools command: course information, model weights, training GlyphNet, JupyterLab, exercises and grading.
+"""The viztools command: the course folder, JupyterLab, presenting a lecture (Voila), model weights, training
+GlyphNet, exercises and grading.
 
 Each subcommand imports what it needs (torch, the model zoo, the grader) when it runs, so that
-``viztools --version``, ``viztools --help`` and ``viztools lab`` start without loading torch.
+``viztools --version``, ``viztools --help``, ``viztools course``, ``viztools lab`` and ``viztools present`` start
+without loading torch.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from viztools import __version__
+from viztools import __version__, course
 
-DESCRIPTION = ("The viztools command: the course's models and their weights, GlyphNet training, JupyterLab for "
-               "the lectures, exercises and grading.")
-#: The notebook that `viztools lab` opens when the folder it serves has it.
-FIRST_LECTURE = "00_getting_started.ipynb"
-#: Ports `viztools lab` tries, in order, when no --port is given (JupyterLab's default first).
+DESCRIPTION = ("The viztools command: the course's notebooks in a folder of your own, JupyterLab for them, a "
+               "lecture as an app for class, the models and their weights, GlyphNet training, exercises and "
+               "grading.")
+#: The notebook that `viztools lab` opens when the folder it serves has it (or has it in lectures/).
+FIRST_LECTURE = course.FIRST_LECTURE
+#: Ports `viztools lab` and `viztools present` try, in order, when no --port is given (JupyterLab's default first).
 LAB_PORTS = range(8888, 8988)
 #: The folder above the viztools package: the clone's root for an editable install (else site-packages).
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -75,18 +78,36 @@ def _train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# viztools lab
+# viztools course, viztools lab, viztools present
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _has_notebooks(folder: Path) -> bool:
+    """Whether ``folder`` holds notebooks, directly or one level down (a course's lectures/ and exercises/)."""
+    return any(folder.glob("*.ipynb")) or any(folder.glob("*/*.ipynb"))
+
+
 def default_lab_folder(cwd: Path | None = None) -> Path:
-    """The folder `viztools lab` serves by default: the lectures/ of a clone (the current folder, else the clone
-    viztools is installed from in editable mode), else the current folder."""
+    """The folder `viztools lab` serves by default: the current folder when it is a course (or holds notebooks),
+    the lectures/ of a clone (the current folder, else the clone viztools is installed from in editable mode),
+    else ./viztools-course (written first if it is not there yet)."""
     cwd = Path.cwd() if cwd is None else cwd
+    if course.is_course(cwd):
+        return cwd
     for lectures in (cwd / "lectures", SOURCE_ROOT / "lectures"):
         if (lectures / FIRST_LECTURE).is_file():
             return lectures
-    return cwd
+    if any(cwd.glob("*.ipynb")):
+        return cwd
+    return cwd / course.DEFAULT_FOLDER
+
+
+def first_notebook(folder: Path) -> Path | None:
+    """The notebook JupyterLab opens first: lecture 00 in ``folder`` or in its lectures/ (a course folder)."""
+    for candidate in (folder / FIRST_LECTURE, folder / course.LECTURES / FIRST_LECTURE):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def browser_available() -> bool:
@@ -113,18 +134,22 @@ def free_port(ip: str, ports: Sequence[int] = LAB_PORTS) -> int:
     raise RuntimeError(f"No free port among {ports[0]}-{ports[-1]} at {ip}; choose one with --port.")
 
 
-def lab_url(ip: str, port: int, token: str, folder: Path) -> str:
-    """The URL that opens JupyterLab (on the first lecture when ``folder`` has it), token included."""
+def _url(ip: str, port: int, page: str, token: str) -> str:
     host = socket.gethostname() if ip in ("0.0.0.0", "::", "*", "") else ip
     host = f"[{host}]" if ":" in host else host
-    page = f"lab/tree/{FIRST_LECTURE}" if (folder / FIRST_LECTURE).is_file() else "lab"
     return f"http://{host}:{port}/{page}?token={token}"
+
+
+def lab_url(ip: str, port: int, token: str, folder: Path) -> str:
+    """The URL that opens JupyterLab (on the first lecture when ``folder`` has it), token included."""
+    first = first_notebook(folder)
+    return _url(ip, port, f"lab/tree/{first.relative_to(folder).as_posix()}" if first else "lab", token)
 
 
 def jupyter_lab_command(folder: Path, *, ip: str, port: int, open_browser: bool, as_root: bool) -> list[str]:
     """The command line that starts JupyterLab on ``folder`` (opening its first lecture when it has one)."""
-    first_lecture = folder / FIRST_LECTURE
-    command = [sys.executable, "-m", "jupyterlab", str(first_lecture if first_lecture.is_file() else folder),
+    first = first_notebook(folder)
+    command = [sys.executable, "-m", "jupyterlab", str(first or folder), f"--ServerApp.root_dir={folder}",
                f"--ServerApp.ip={ip}", f"--ServerApp.port={port}", "--ServerApp.port_retries=0"]
     if not open_browser:
         command.append("--no-browser")
@@ -133,10 +158,46 @@ def jupyter_lab_command(folder: Path, *, ip: str, port: int, open_browser: bool,
     return command
 
 
+def _serve(name: str, command: list[str], url: str, *, open_browser: bool, env: dict[str, str],
+           cwd: Path | None = None) -> int:
+    """Print where to open the server, then become it (POSIX: its process id is this one, Ctrl+C reaches it)."""
+    print("Once it has started (a few seconds), open this URL in a browser"
+          + ("" if open_browser else " (none is opened on this machine)") + ":\n")
+    print(f"    {url}\n")
+    print(f"Stop {name} with Ctrl+C" + (" (twice to skip its question)." if name == "JupyterLab" else "."),
+          flush=True)
+    if os.name == "posix":
+        if cwd is not None:
+            os.chdir(cwd)
+        os.execve(sys.executable, command, env)  # does not return
+        return 0
+    return subprocess.call(command, env=env, cwd=cwd)
+
+
+def _course(args: argparse.Namespace) -> int:
+    folder = args.folder or Path(course.DEFAULT_FOLDER)
+    report = course.write_course(folder, force=args.force)
+    print(report.summary())
+    print(f"\nOpen it in JupyterLab with:  viztools lab {folder}")
+    return 0
+
+
+def lab_folder(folder: Path | None, cwd: Path | None = None) -> tuple[Path, bool]:
+    """The folder `viztools lab` serves, and whether the course must be written there first (it does not exist
+    yet, or holds no notebooks)."""
+    chosen = (folder if folder is not None else default_lab_folder(cwd)).expanduser().absolute()
+    if chosen.exists() and not chosen.is_dir():
+        raise course.CourseError(f"{chosen} is a file, not a folder. Pass a folder: viztools lab DIR")
+    return chosen, not (chosen.is_dir() and _has_notebooks(chosen))
+
+
 def _lab(args: argparse.Namespace) -> int:
-    folder = (args.folder or default_lab_folder()).resolve()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{str(folder)!r} is not a folder. Pass the folder of notebooks to serve.")
+    folder, needs_course = lab_folder(args.folder)
+    if needs_course:
+        print(course.write_course(folder).summary() + "\n")
+    elif course.is_course(folder) and course.course_version(folder) != __version__:
+        print(f"This course was written by viztools {course.course_version(folder)}; you have {__version__}. "
+              f"'viztools course {folder}' brings it up to date (your edits are kept).\n")
     port = args.port or free_port("127.0.0.1" if args.ip == "localhost" else args.ip)
     # The token travels in the environment, not on the command line where other users could read it (ps).
     token = args.token or os.environ.get("JUPYTER_TOKEN") or secrets.token_hex(24)
@@ -144,19 +205,78 @@ def _lab(args: argparse.Namespace) -> int:
     as_root = is_root()
     command = jupyter_lab_command(folder, ip=args.ip, port=port, open_browser=open_browser, as_root=as_root)
     print(f"Starting JupyterLab in {folder}" + (" (running as root: --allow-root)" if as_root else "") + ".")
-    print("Once it has started (a few seconds), open this URL in a browser"
-          + ("" if open_browser else " (none is opened on this machine)") + ":\n")
-    print(f"    {lab_url(args.ip, port, token, folder)}\n")
-    print("Stop JupyterLab with Ctrl+C (twice to skip its question).", flush=True)
-    env = {**os.environ, "JUPYTER_TOKEN": token}
-    if os.name == "posix":  # become the server, so that its process id is this one and Ctrl+C reaches it alone
-        os.execve(sys.executable, command, env)
-    return subprocess.call(command, env=env)
+    return _serve("JupyterLab", command, lab_url(args.ip, port, token, folder), open_browser=open_browser,
+                  env={**os.environ, "JUPYTER_TOKEN": token})
+
+
+#: Voila's template for `viztools present` (its lab template without CDN requests), found through JUPYTER_PATH.
+PRESENT_TEMPLATE_ROOT = Path(__file__).resolve().parent / "_voila"
+PRESENT_TEMPLATE = "viztools"
+
+
+def lecture_folder(folder: Path | None, cwd: Path | None = None) -> Path:
+    """The folder of lecture notebooks `viztools present` picks from: DIR (a course folder or a folder of
+    lectures), else the course or clone in the current folder, the clone viztools is installed from, the current
+    folder, ./viztools-course, and last the lectures inside the installed package."""
+    cwd = Path.cwd() if cwd is None else cwd
+    if folder is not None:
+        folder = folder.expanduser().absolute()
+        if folder.exists() and not folder.is_dir():
+            raise course.CourseError(f"{folder} is a file, not a folder. Pass the course folder: "
+                                     "viztools present NN DIR")
+        for candidate in (folder / course.LECTURES, folder):
+            if course.course_notebooks(candidate):
+                return candidate
+        raise course.CourseError(f"No lecture notebooks (NN_name.ipynb) in {folder} or {folder / course.LECTURES}. "
+                                 f"Write the course there first: viztools course {folder}")
+    candidates = [cwd / course.LECTURES, SOURCE_ROOT / course.LECTURES, cwd,
+                  cwd / course.DEFAULT_FOLDER / course.LECTURES]
+    for candidate in candidates:
+        if (candidate / FIRST_LECTURE).is_file():
+            return candidate
+    return course.course_source() / course.LECTURES
+
+
+def voila_command(notebook: Path, *, ip: str, port: int, open_browser: bool) -> list[str]:
+    """The command line that serves ``notebook`` as an app with Voila (code hidden, widgets live)."""
+    command = [sys.executable, "-m", "voila", str(notebook), f"--template={PRESENT_TEMPLATE}", "--theme=light",
+               f"--Voila.ip={ip}", f"--port={port}", "--Voila.port_retries=0", "--Voila.auto_token=True",
+               "--show_tracebacks=True"]
+    if not open_browser:
+        command.append("--no-browser")
+    return command
+
+
+def _present(args: argparse.Namespace) -> int:
+    folder = lecture_folder(args.folder)
+    notebook = course.find_lecture(args.lecture, course.course_notebooks(folder))
+    port = args.port or free_port("127.0.0.1" if args.ip == "localhost" else args.ip)
+    token = args.token or os.environ.get("JUPYTER_TOKEN") or secrets.token_hex(24)
+    open_browser = not args.no_browser and browser_available()
+    command = voila_command(notebook, ip=args.ip, port=port, open_browser=open_browser)
+    print(f"Presenting {notebook} with Voila: the whole lecture runs first (a few seconds to a minute), then its "
+          "prose, figures and live widgets show, without code.")
+    template_path = os.pathsep.join(filter(None, [str(PRESENT_TEMPLATE_ROOT), os.environ.get("JUPYTER_PATH")]))
+    env = {**os.environ, "JUPYTER_TOKEN": token, "JUPYTER_PATH": template_path}
+    return _serve("Voila", command, _url(args.ip, port, "", token), open_browser=open_browser, env=env,
+                  cwd=notebook.parent)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The parser
 # --------------------------------------------------------------------------------------------------------------
+
+
+def _server_options(parser: argparse.ArgumentParser, server: str) -> None:
+    """--port, --ip, --token and --no-browser, shared by `viztools lab` and `viztools present`."""
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"port to listen on (default: the first free one from {LAB_PORTS[0]})")
+    parser.add_argument("--ip", default="localhost",
+                        help="address to listen on (default: %(default)s; 0.0.0.0 to reach it from other machines)")
+    parser.add_argument("--token", default=None,
+                        help="access token in the URL (default: $JUPYTER_TOKEN, else a random one)")
+    parser.add_argument("--no-browser", action="store_true",
+                        help="do not open a browser (the default where no desktop session is found)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,23 +311,43 @@ def build_parser() -> argparse.ArgumentParser:
                        help="processes that generate images (default: %(default)s)")
     train.set_defaults(run=_train)
 
+    course_parser = commands.add_parser(
+        "course", help="write the lectures and exercises into a folder of your own (or bring them up to date)",
+        description="Write the course's lecture and exercise notebooks into DIR (lectures/, exercises/, a "
+        "README.md). Run it again after upgrading viztools: notebooks you did not change are refreshed, a lecture "
+        "you edited is kept and the new version is written beside it (NN_name.vVERSION.ipynb), an exercise you "
+        "worked on is never replaced. A manifest in DIR (.viztools-course.json) remembers what was written.")
+    course_parser.add_argument("folder", nargs="?", type=Path, metavar="DIR",
+                               help=f"the course folder (default: ./{course.DEFAULT_FOLDER})")
+    course_parser.add_argument("--force", action="store_true",
+                               help="also replace lectures you edited (your edits are lost; exercises are never "
+                               "replaced)")
+    course_parser.set_defaults(run=_course)
+
     lab = commands.add_parser(
         "lab", help="open the course in JupyterLab (prints the URL to open)",
-        description="Start JupyterLab in DIR and open the first lecture when DIR has it. Works as root (passes "
-        "--allow-root) and on machines without a browser (prints the URL, with its access token, to open "
+        description="Start JupyterLab in DIR and open lecture 00 (in DIR or DIR/lectures). When DIR does not exist "
+        "or holds no notebooks, the course is written there first (as by 'viztools course DIR'). Works as root "
+        "(passes --allow-root) and on machines without a browser (prints the URL, with its access token, to open "
         "elsewhere). Stop it with Ctrl+C.")
     lab.add_argument("folder", nargs="?", type=Path, metavar="DIR",
-                     help="folder to serve (default: the lectures/ folder of a viztools clone, else the current "
-                     "folder)")
-    lab.add_argument("--port", type=int, default=None,
-                     help=f"port to listen on (default: the first free one from {LAB_PORTS[0]})")
-    lab.add_argument("--ip", default="localhost",
-                     help="address to listen on (default: %(default)s; 0.0.0.0 to reach it from other machines)")
-    lab.add_argument("--token", default=None,
-                     help="access token in the URL (default: $JUPYTER_TOKEN, else a random one)")
-    lab.add_argument("--no-browser", action="store_true",
-                     help="do not open a browser (the default where no desktop session is found)")
+                     help="folder to serve (default: the current folder if it is a course or holds notebooks, "
+                     f"the lectures/ folder of a viztools clone, else ./{course.DEFAULT_FOLDER})")
+    _server_options(lab, "JupyterLab")
     lab.set_defaults(run=_lab)
+
+    present = commands.add_parser(
+        "present", help="show one lecture as an app in the browser, for class (Voila: no code, live widgets)",
+        description="Serve lecture NN with Voila: the notebook runs top to bottom, then its prose, figures and "
+        "widgets show without code cells, and the widgets stay live. Works as root and on machines without a "
+        "browser (prints the URL, with its access token). Stop it with Ctrl+C.")
+    present.add_argument("lecture", metavar="NN", help="the lecture: its number (3 or 03) or part of its name "
+                         "(occlusion)")
+    present.add_argument("folder", nargs="?", type=Path, metavar="DIR",
+                         help="the course folder or a folder of lectures (default: the course or clone in the "
+                         f"current folder, ./{course.DEFAULT_FOLDER}, else the lectures viztools ships)")
+    _server_options(present, "Voila")
+    present.set_defaults(run=_present)
 
     add_commands(commands)
     return parser
