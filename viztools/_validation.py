@@ -62,7 +62,8 @@ def check_image(
 
     Accepts ``(3, H, W)`` (a batch dimension is added) or ``(N, 3, H, W)``; with ``batch=False`` N must be 1.
     ``pixels=True`` (every technique's entry point) also requires finite values in [0, 1]; ``model`` also checks
-    that the model's classifier can run at the image's size (:meth:`VizModel.check_input_size`).
+    that the model's classifier can run at the image's size (:meth:`VizModel.check_input_size`) and returns the
+    image on the model's device.
     """
     import torch
 
@@ -92,6 +93,7 @@ def check_image(
         _check_pixel_values(image, name)
     if model is not None:
         model.check_input_size(*image.shape[-2:])
+        image = image.to(model.device)  # techniques work where the model is
     return image
 
 
@@ -126,8 +128,8 @@ def check_model(model: object, name: str = "model") -> VizModel:
         raise TypeError(
             f"{name} must be a viztools VizModel, not a plain torch.nn.Module ({type(model).__name__}): techniques "
             "need its normalization, class names and layer names. Use viztools.load_model(name) for a registered "
-            "architecture (viztools.MODEL_NAMES), or wrap your network: viztools.VizModel(name=..., "
-            "network=module, categories=[...], input_size=..., mean=..., std=..., layers={...})."
+            "architecture (viztools.MODEL_NAMES), or wrap your network: viztools.wrap_model(module, "
+            "categories=[...], mean=..., std=..., input_size=...) (layers are found automatically)."
         )
     raise TypeError(f"{name} must be a VizModel from viztools.load_model(...); got {type(model).__name__}.")
 

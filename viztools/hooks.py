@@ -163,7 +163,7 @@ def _probe_network(model: VizModel) -> nn.Module:
     """
     if model in _probe_networks:
         return _probe_networks[model]
-    probe = copy.deepcopy(model.network).double().eval()
+    probe = copy.deepcopy(model.network).to(device="cpu", dtype=torch.float64).eval()  # geometry only: CPU
     for parent in list(probe.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.MaxPool2d):
@@ -184,7 +184,7 @@ def _probe_network(model: VizModel) -> nn.Module:
 
 def _field_mask(model: VizModel, path: str, position: tuple[int, int], size: int) -> torch.Tensor:
     probe = _probe_network(model)
-    pixels = torch.ones(1, 3, size, size, dtype=torch.float64, requires_grad=True)
+    pixels = torch.ones(1, 3, size, size, dtype=torch.float64, device="cpu", requires_grad=True)
     captured: dict[str, torch.Tensor] = {}
 
     def stop(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -222,7 +222,7 @@ def layer_output_shape(model: VizModel, layer: str, size: int | None = None) -> 
 
     probe = _probe_network(model)
     with attach(probe.get_submodule(path), forward=stop), contextlib.suppress(_StopForwardError), torch.no_grad():
-        probe(torch.zeros(1, 3, size, size, dtype=torch.float64))
+        probe(torch.zeros(1, 3, size, size, dtype=torch.float64, device="cpu"))
     return captured["shape"]
 
 

@@ -47,6 +47,9 @@ class VizModel:
             activation after the block's nonlinearity (``"conv1"`` is conv1's ReLU output).
         weights_source: where the weights came from (a path, ``"random"``, ...).
         note: a message for the user (e.g. why ``"auto"`` fell back to GlyphNet), or None.
+
+    ``model.device`` is where the network's parameters live; ``model(pixels)`` and every technique move the
+    pixels there, and ``model.to(device)`` moves the network.
     """
 
     name: str
@@ -62,15 +65,29 @@ class VizModel:
     def __post_init__(self) -> None:
         self._sizes_checked: set[tuple[int, int]] = set()
         prepare_network(self.network)
-        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._mean = torch.tensor(self.mean, dtype=torch.float32, device="cpu").view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32, device="cpu").view(1, 3, 1, 1)
+        self._statistics_cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         for friendly, path in self.layers.items():
             _get_submodule(self.network, path, friendly)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of pixel images in [0, 1]."""
+        """Logits for a batch of pixel images in [0, 1] (moved to the model's device)."""
         pixels = check_image(pixels, "pixels", batch=True)
-        return self.network(self.normalize(pixels))
+        return self.network(self.normalize(pixels.to(self.device)))
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the network's parameters (or buffers); CPU for a network without either."""
+        tensor = next(self.network.parameters(), None)
+        if tensor is None:
+            tensor = next(self.network.buffers(), None)
+        return torch.device("cpu") if tensor is None else tensor.device
+
+    def to(self, device: str | torch.device) -> VizModel:
+        """Move the network to ``device`` (``"cpu"``, ``"cuda"``, ``"mps"``, a ``torch.device``); returns self."""
+        self.network.to(resolve_device(device))
+        return self
 
     def __repr__(self) -> str:
         return (
@@ -88,8 +105,7 @@ class VizModel:
         if size in self._sizes_checked:
             return
         parameter = next(self.network.parameters(), None)
-        blank = torch.zeros(1, 3, *size, device=None if parameter is None else parameter.device,
-                            dtype=None if parameter is None else parameter.dtype)
+        blank = torch.zeros(1, 3, *size, device=self.device, dtype=None if parameter is None else parameter.dtype)
         try:
             with torch.no_grad():
                 self.network(blank)
@@ -103,17 +119,28 @@ class VizModel:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 1] -> the network's normalized input."""
-        return (pixels - self._mean.to(pixels)) / self._std.to(pixels)
+        mean, std = self._statistics(pixels)
+        return (pixels - mean) / std
 
     def denormalize(self, normalized: torch.Tensor) -> torch.Tensor:
         """The network's normalized input -> pixels (not clamped)."""
-        return normalized * self._std.to(normalized) + self._mean.to(normalized)
+        mean, std = self._statistics(normalized)
+        return normalized * std + mean
+
+    def _statistics(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std on ``like``'s device and dtype, copied there once (no host-device copy per call)."""
+        key = (like.device, like.dtype)
+        cached = self._statistics_cache.get(key)
+        if cached is None:
+            cached = self._statistics_cache[key] = (self._mean.to(like), self._std.to(like))
+        return cached
 
     def preprocess(self, source: object) -> torch.Tensor:
-        """Any image (example name, path, array, PIL image, tensor) -> ``(1, 3, S, S)`` pixels at the input size."""
+        """Any image (example name, path, array, PIL image, tensor) -> ``(1, 3, S, S)`` pixels at the input size,
+        on the model's device."""
         from viztools.data import load_image
 
-        return load_image(source, size=self.input_size)
+        return load_image(source, size=self.input_size).to(self.device)
 
     def deprocess(self, pixels: torch.Tensor) -> np.ndarray:
         """Pixel tensor -> ``(H, W, 3)`` float array in [0, 1] for ``plt.imshow``."""
@@ -127,6 +154,8 @@ class VizModel:
             return self.layers[name]
         if isinstance(name, str) and name and name in dict(self.network.named_modules()):
             return name
+        if not self.layers:
+            raise ValueError(f"Unknown layer {name!r}: model {self.name!r} has no named layers; " + _NO_LAYER_HINT)
         raise ValueError(
             f"Unknown layer {name!r} for model {self.name!r}.{suggest(name, list(self.layers))} "
             f"Choose one of: {', '.join(self.layers)} (or a dotted module path from model.network.named_modules())."
@@ -267,6 +296,74 @@ IMAGENET_MODELS: dict[str, _ImageNetSpec] = {
     ),
 }
 
+
+
+class _BasicBlock(torchvision.models.resnet.BasicBlock):
+    """torchvision's BasicBlock with an out-of-place residual add (``out += identity`` changes bn2's output)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class _Bottleneck(torchvision.models.resnet.Bottleneck):
+    """torchvision's Bottleneck with an out-of-place residual add."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class _InvertedResidual(torchvision.models.mobilenetv3.InvertedResidual):
+    """torchvision's MobileNetV3 block with an out-of-place residual add."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.block(x)
+        return result + x if self.use_res_connect else result
+
+
+_OUT_OF_PLACE_BLOCKS = {torchvision.models.resnet.BasicBlock: _BasicBlock,
+                        torchvision.models.resnet.Bottleneck: _Bottleneck,
+                        torchvision.models.mobilenetv3.InvertedResidual: _InvertedResidual}
+
+
+def _out_of_place_residuals(network: nn.Module) -> nn.Module:
+    """Residual blocks add in place (``out += identity``): that rewrites the batch norm output a hook recorded, and
+    the exact incremental occlusion engine cannot follow it. Same weights, same results, out-of-place add."""
+    for module in network.modules():
+        if type(module) in _OUT_OF_PLACE_BLOCKS:
+            module.__class__ = _OUT_OF_PLACE_BLOCKS[type(module)]
+    return network
+
+
+def _resnet_layers() -> dict[str, str]:
+    """conv1 after its ReLU, the stem's max pool, each stage's output (its last block: residual add + ReLU)."""
+    stages = {f"layer{i}": f"layer{i}" for i in range(1, 5)}
+    return {"conv1": "relu", "maxpool": "maxpool", **stages, "avgpool": "avgpool", "logits": "fc"}
+
+
+def _mobilenet_v3_layers(blocks: int) -> dict[str, str]:
+    """Every block of ``features`` (stem conv, inverted residuals, last conv), the pool, the logits."""
+    return {**{f"features.{i}": f"features.{i}" for i in range(blocks)}, "avgpool": "avgpool",
+            "logits": "classifier.3"}
+
+
+IMAGENET_MODELS.update({
+    "resnet18": _ImageNetSpec(torchvision.models.resnet18, torchvision.models.ResNet18_Weights, _resnet_layers(),
+                              adapt=_out_of_place_residuals),
+    "resnet50": _ImageNetSpec(torchvision.models.resnet50, torchvision.models.ResNet50_Weights, _resnet_layers(),
+                              adapt=_out_of_place_residuals),
+    "mobilenet_v3_large": _ImageNetSpec(torchvision.models.mobilenet_v3_large,
+                                        torchvision.models.MobileNet_V3_Large_Weights, _mobilenet_v3_layers(17),
+                                        adapt=_out_of_place_residuals),
+    "mobilenet_v3_small": _ImageNetSpec(torchvision.models.mobilenet_v3_small,
+                                        torchvision.models.MobileNet_V3_Small_Weights, _mobilenet_v3_layers(13),
+                                        adapt=_out_of_place_residuals),
+})
+
 MODEL_NAMES: tuple[str, ...] = ("glyphnet", *IMAGENET_MODELS)
 
 
@@ -387,23 +484,50 @@ def _check_model_name(name: str) -> None:
         )
 
 
-def load_model(name: str = "auto", weights: str | os.PathLike | None = None, *, quiet: bool = False) -> VizModel:
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` -> a GPU when there is one (CUDA, then Apple's MPS), else the CPU; a name or ``torch.device`` is
+    checked (a GPU that is not available gives an error saying so)."""
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"Unknown device {device!r} ({error}). Use 'cpu', 'cuda', 'cuda:0', 'mps' or a torch.device, or None "
+            "for a GPU when available."
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r} asked for, but torch sees no CUDA GPU here. Use device='cpu' (or None).")
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"Device {device!r} asked for, but MPS is not available here. Use device='cpu' (or None).")
+    return resolved
+
+
+def load_model(name: str = "auto", weights: str | os.PathLike | None = None, *, quiet: bool = False,
+               device: str | torch.device | None = None) -> VizModel:
     """Load a model for visualization.
 
     Args:
         name: ``"glyphnet"`` (built-in, always available), an ImageNet model (``"squeezenet1_1"``,
-            ``"squeezenet1_0"``, ``"alexnet"``, ``"vgg16"``, ``"googlenet"``), or ``"auto"``: ImageNet
-            SqueezeNet when its weights are available offline, else GlyphNet with a note.
+            ``"squeezenet1_0"``, ``"alexnet"``, ``"vgg16"``, ``"googlenet"``, ``"resnet18"``, ``"resnet50"``,
+            ``"mobilenet_v3_large"``, ``"mobilenet_v3_small"``), or ``"auto"``: ImageNet SqueezeNet when its
+            weights are available offline, else GlyphNet with a note.
         weights: None to find the weights (``$VIZTOOLS_WEIGHTS_DIR``, the torch hub cache, then a download
             when online), a path to a state_dict file, or ``"random"`` for an untrained network.
         quiet: with ``"auto"``, do not warn when falling back to GlyphNet; the reason stays in ``model.note``
             (lecture notebooks print it where they want to).
+        device: where the network runs: None (default) a GPU when available (CUDA, then MPS), else the CPU;
+            or ``"cpu"``, ``"cuda"``, ``"mps"``, a ``torch.device``. ``model.device`` tells; techniques follow it.
     """
+    target_device = resolve_device(device)
     if name == "auto":
-        return _load_auto(weights, quiet)
+        return _load_auto(weights, quiet, target_device)
     _check_model_name(name)
     if name == "glyphnet":
-        return _load_glyphnet(weights)
+        return _load_glyphnet(weights).to(target_device)
     spec = IMAGENET_MODELS[name]
     network = spec.builder(weights=None, num_classes=1000)
     if weights == "random":
@@ -425,7 +549,7 @@ def load_model(name: str = "auto", weights: str | os.PathLike | None = None, *, 
         input_size=224,
         layers=dict(spec.layers),
         weights_source=source,
-    )
+    ).to(target_device)
 
 
 def _read_glyphnet_metadata(path: str | os.PathLike) -> dict:
@@ -481,13 +605,13 @@ def _load_glyphnet(weights: str | os.PathLike | None) -> VizModel:
 AUTO_PREFERENCE: tuple[str, ...] = ("squeezenet1_1", "squeezenet1_0")
 
 
-def _load_auto(weights: str | os.PathLike | None, quiet: bool) -> VizModel:
+def _load_auto(weights: str | os.PathLike | None, quiet: bool, device: torch.device) -> VizModel:
     if weights is not None:
         raise ValueError("load_model('auto') picks the weights itself; name a model to pass weights=.")
     for name in AUTO_PREFERENCE:
         if find_local_weights(name) is not None:
-            return load_model(name)
-    model = load_model("glyphnet")
+            return load_model(name, device=device)
+    model = load_model("glyphnet", device=device)
     model.note = (
         "No ImageNet SqueezeNet weights are available offline, so this uses GlyphNet, the built-in model "
         f"(64x64 icons, {len(model.categories)} classes). To use ImageNet SqueezeNet, set {WEIGHTS_DIR_ENV} to a "
@@ -502,3 +626,222 @@ def model_availability() -> list[tuple[str, str | None]]:
     """Each model name with the weights file available offline (None when it would need a download)."""
     return [(name, None if (p := find_local_weights(name)) is None else str(p)) for name in MODEL_NAMES]
 
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Your own model
+# --------------------------------------------------------------------------------------------------------------
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+                nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Softplus)
+# Modules that take a layer's output as it is and are listed instead of it (conv -> bn -> relu lists the relu).
+_FOLLOW_UPS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, *_ACTIVATIONS)
+_NEVER_LISTED = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+                 nn.Identity, nn.Flatten, nn.Unflatten)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # exactly these types; their subclasses are blocks
+_MIN_AUTO_LAYERS = 3
+
+
+@dataclass
+class _Call:
+    """What the probe pass saw of one module: calls, first output (and its version then), first input."""
+
+    order: int
+    calls: int
+    output: object
+    input: object
+    version: int
+
+
+def _probe_calls(network: nn.Module, pixels: torch.Tensor, name: str) -> tuple[dict[str, _Call], object]:
+    """One forward pass with a hook on every named module (through viztools.hooks.attach)."""
+    from contextlib import ExitStack
+
+    from viztools.hooks import attach
+
+    calls: dict[str, _Call] = {}
+
+    def recorder(path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+            if path in calls:
+                calls[path].calls += 1
+                return
+            first = inputs[0] if inputs else None
+            version = output._version if isinstance(output, torch.Tensor) else 0
+            calls[path] = _Call(order=len(calls), calls=1, output=output, input=first, version=version)
+
+        return hook
+
+    with ExitStack() as stack, torch.no_grad():
+        for path, module in network.named_modules():
+            if path:
+                stack.enter_context(attach(module, forward=recorder(path)))
+        try:
+            output = network(pixels)
+        except Exception as error:
+            raise ValueError(
+                f"wrap_model: {name} failed on a batch of two {tuple(pixels.shape[1:])} images (normalized pixels): "
+                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}. Check input_size= (the "
+                "side of the square images it was trained on) and that it takes (N, 3, H, W) RGB images."
+            ) from error
+    return calls, output
+
+
+def _auto_layers(network: nn.Module, calls: dict[str, _Call]) -> tuple[dict[str, str], list[str]]:
+    """The spatial layers a user would pick, in forward order, and the modules left out because they run twice."""
+    consumed = {id(call.input) for path, call in calls.items()
+                if call.calls == 1 and isinstance(network.get_submodule(path), _FOLLOW_UPS)}
+    shared: list[str] = []
+
+    def select(prefix: str, parent: nn.Module) -> list[str]:
+        chosen = []
+        for child_name, child in parent.named_children():
+            path = f"{prefix}.{child_name}" if prefix else child_name
+            call = calls.get(path)
+            if isinstance(child, _NEVER_LISTED) or call is None:
+                continue
+            if type(child) in _CONTAINERS:
+                chosen += select(path, child)
+            elif call.calls > 1:
+                shared.append(path)  # a module used twice (one ReLU for a whole block): its output is ambiguous
+            elif isinstance(call.output, torch.Tensor) and call.output.dim() == 4:
+                leaf = next(child.children(), None) is None
+                if not (leaf and id(call.output) in consumed and not isinstance(child, _ACTIVATIONS)):
+                    chosen.append(path)
+        return chosen
+
+    chosen = select("", network)
+    # One big block (a trunk module holding everything) is no choice: open the largest block until there are a few.
+    while len(chosen) < _MIN_AUTO_LAYERS:
+        blocks = [(sum(1 for _ in network.get_submodule(p).modules()), p) for p in chosen
+                  if next(network.get_submodule(p).children(), None) is not None]
+        inner = {p: select(p, network.get_submodule(p)) for _, p in sorted(blocks, reverse=True)}
+        expandable = next((p for p, found in inner.items() if found), None)
+        if expandable is None:
+            break
+        index = chosen.index(expandable)
+        same = any(calls[p].output is calls[expandable].output for p in inner[expandable])  # its last layer's
+        chosen[index:index + 1] = [*inner[expandable], *([] if same else [expandable])]
+    chosen.sort(key=lambda path: calls[path].order)
+    return {path: path for path in chosen}, shared
+
+
+def _check_statistics(values: object, what: str) -> tuple[float, float, float]:
+    if isinstance(values, torch.Tensor):
+        values = values.flatten().tolist()
+    try:
+        numbers = tuple(float(v) for v in values)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != 3 or not all(np.isfinite(numbers)):
+        raise ValueError(f"{what} must be three numbers, one per RGB channel, for pixels in [0, 1]; got {values!r}.")
+    if what == "std" and min(numbers) <= 0:
+        raise ValueError(f"std must be positive; got {numbers}.")
+    if max(abs(v) for v in numbers) > 2.0:
+        raise ValueError(f"{what}={numbers} looks like 0-255 values, but viztools' pixels are in [0, 1]: divide by 255 "
+                         f"(ImageNet: mean={IMAGENET_MEAN}, std={IMAGENET_STD}).")
+    return numbers  # type: ignore[return-value]
+
+
+def wrap_model(
+    module: nn.Module,
+    categories: list[str] | None = None,
+    *,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    input_size: int = 224,
+    layers: dict[str, str] | list[str] | None = None,
+    name: str | None = None,
+) -> VizModel:
+    """Turn any image classifier ``nn.Module`` into a :class:`VizModel` that every technique accepts.
+
+    The module takes normalized ``(N, 3, H, W)`` images and returns ``(N, classes)`` logits; ``mean``/``std``
+    are its normalization for pixels in [0, 1] (ImageNet's by default), ``categories`` its class names (default
+    ``"class 0"``, ...), ``input_size`` the side of its training images. The module is prepared in place as
+    ``load_model`` prepares its own: eval mode, frozen parameters, ``inplace`` ReLU-like modules made
+    out-of-place; it stays on its device.
+
+    ``layers`` (friendly name -> dotted module path, or a list of paths) defaults to the modules with spatial
+    ``(N, C, H, W)`` outputs a user would pick, in forward order, found by one probe forward pass: activation
+    modules rather than the convolution or batch norm they follow, whole blocks (a ResNet ``BasicBlock``, an
+    Inception module) rather than their insides, named by dotted path, plus ``"logits"``. A module called more
+    than once in a pass (one ``self.relu`` for a whole block) is not listed: its output is ambiguous. Functional
+    activations (``F.relu(x)``) are not modules, so they cannot be hooked: the layer before them is listed (its
+    output is pre-activation), and ``F.relu(x, inplace=True)`` after a listed module overwrites what that
+    module recorded (a warning names such layers). Guided backprop and deconvnet still see functional ReLUs.
+    """
+    if isinstance(module, VizModel):
+        raise TypeError("wrap_model takes a torch.nn.Module; this is already a VizModel, use it as it is.")
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"wrap_model takes your classifier as a torch.nn.Module (mapping (N, 3, H, W) normalized images to "
+            f"(N, classes) logits); got {type(module).__name__}. For a registered architecture use "
+            "viztools.load_model(name)."
+        )
+    mean, std = _check_statistics(mean, "mean"), _check_statistics(std, "std")
+    input_size = check_int(input_size, "input_size", low=1)
+    name = type(module).__name__ if name is None else str(name)
+    prepare_network(module)
+    parameter = next(module.parameters(), None)
+    device = parameter.device if parameter is not None else next(module.buffers(), torch.empty(0)).device
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    probe = torch.full((2, 3, input_size, input_size), 0.5, device=device, dtype=dtype)
+    probe[1] = torch.linspace(0.0, 1.0, input_size, device=device, dtype=dtype)  # two different images
+    mean_t = torch.tensor(mean, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device, dtype=dtype).view(1, 3, 1, 1)
+    calls, output = _probe_calls(module, (probe - mean_t) / std_t, name)
+    if not isinstance(output, torch.Tensor) or output.dim() != 2 or output.shape[0] != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ValueError(
+            f"wrap_model: {name} must return logits of shape (N, classes) for N images; for 2 images it returned "
+            f"{shape}. Wrap it so that forward returns only the class scores (e.g. output.logits, or flatten a "
+            "(N, classes, 1, 1) output)."
+        )
+    classes = output.shape[1]
+    if categories is None:
+        categories = [f"class {i}" for i in range(classes)]
+    elif isinstance(categories, str) or len(list(categories)) != classes:
+        count = "a string" if isinstance(categories, str) else f"{len(list(categories))} names"
+        raise ValueError(f"categories must name the {classes} classes of {name}'s logits, in order; got {count}.")
+    categories = [str(c) for c in categories]
+    shared: list[str] = []
+    if layers is None:
+        layers, shared = _auto_layers(module, calls)
+        innermost = next((p for p, call in calls.items() if call.output is output), None)
+        if layers and innermost is not None and "logits" not in layers:
+            layers["logits"] = innermost  # without spatial layers none: the error then explains what is missing
+    elif isinstance(layers, (list, tuple)):
+        layers = {str(path): str(path) for path in layers}
+    elif not isinstance(layers, dict):
+        raise TypeError(f"layers must be a dict (friendly name -> dotted module path), a list of dotted paths, or "
+                        f"None to find them; got {type(layers).__name__}.")
+    overwritten = [friendly for friendly, path in layers.items() if path in calls
+                   and isinstance(calls[path].output, torch.Tensor)
+                   and calls[path].output._version != calls[path].version]
+    if overwritten:
+        warnings.warn(
+            f"wrap_model: the outputs of {', '.join(overwritten)} are changed in place after the module runs (e.g. "
+            "F.relu(x, inplace=True) or x += y in forward), so what a hook records there is the changed tensor. Use "
+            "an nn.ReLU module (or an out-of-place op) in forward, or pick another layer.",
+            stacklevel=2,
+        )
+    model = VizModel(name=name, network=module, categories=categories, input_size=input_size, mean=mean, std=std,
+                     layers=dict(layers), weights_source="wrapped")
+    spatial = [f for f, p in layers.items() if p in calls and isinstance(calls[p].output, torch.Tensor)
+               and calls[p].output.dim() == 4]
+    notes = []
+    if not spatial:
+        notes.append(f"wrap_model found no module of {name} with spatial (N, C, H, W) outputs: " + _NO_LAYER_HINT)
+    if shared:
+        notes.append(f"Modules called more than once per forward pass are not listed (their output is ambiguous): "
+                     f"{', '.join(shared[:6])}{', ...' if len(shared) > 6 else ''}.")
+    model.note = " ".join(notes) or None
+    return model
+
+
+_NO_LAYER_HINT = (
+    "techniques that look inside the network (top patches, filters, t-SNE of a layer, neuron gradients, feature "
+    "inversion, DeepDream, style transfer) need a named convolutional layer; pass layers={'name': 'dotted.path'} to "
+    "wrap_model (paths from network.named_modules()). Saliency, guided backprop, occlusion, class visualization, "
+    "fooling images and FGSM work on the class score alone."
+)
