@@ -10,6 +10,7 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -370,6 +371,7 @@ def _build_wheel(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="the fresh environment's scripts are in bin/ (POSIX)")
 def test_the_wheel_installs_a_course_that_runs_and_grades(tmp_path):
+    steps, times = ["build+install", "import", "course", "lecture 00", "grade"], [time.monotonic()]  # shown by -s
     wheel = _build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -387,6 +389,7 @@ def test_the_wheel_installs_a_course_that_runs_and_grades(tmp_path):
     (Path(site) / "viztools-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                     "--no-index", str(wheel)], check=True, capture_output=True)
+    times.append(time.monotonic())
     student = tmp_path / "student"
     student.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("VIZTOOLS_WEIGHTS_DIR", "PYTHONPATH")}
@@ -400,6 +403,7 @@ def test_the_wheel_installs_a_course_that_runs_and_grades(tmp_path):
     installed = run(python, "-c", "import viztools; print(viztools.__file__)").strip()
     assert installed.startswith(site) and not installed.startswith(str(REPO))
 
+    times.append(time.monotonic())
     printed = run(venv / "bin" / "viztools", "course")
     folder = student / course.DEFAULT_FOLDER
     assert f"Course of viztools {__version__} in {folder}" in printed
@@ -407,11 +411,13 @@ def test_the_wheel_installs_a_course_that_runs_and_grades(tmp_path):
         p.name for p in (REPO / "lectures").glob("[0-9][0-9]_*.ipynb"))
     assert not (folder / "solutions").exists()
 
+    times.append(time.monotonic())
     # Lecture 00 runs in the installed course folder, on GlyphNet (no ImageNet weights folder), from the wheel.
     outputs = run(python, "-c", RUN_LECTURE, folder / "lectures" / course.FIRST_LECTURE)
     assert "auto -> glyphnet" in outputs
     assert f"FROM {site}/viztools/__init__.py {python}" in outputs
 
+    times.append(time.monotonic())
     # The installed `viztools grade` grades the student's folder: a finished exercise full marks, a blank one 0.
     exercise = folder / "exercises" / "03_occlusion.ipynb"
     blank = student / "untouched" / "03_occlusion.ipynb"
@@ -423,4 +429,6 @@ def test_the_wheel_installs_a_course_that_runs_and_grades(tmp_path):
     solved, untouched = results[exercise.resolve()], results[blank.resolve()]
     assert solved["status"] == "graded" and solved["score"] == solved["max_score"] > 0
     assert untouched["status"] == "graded" and untouched["score"] == 0
-    assert all(check["feedback"] for check in untouched["checks"])
+    times.append(time.monotonic())
+    assert untouched["checks"] and all(check["feedback"] for check in untouched["checks"])
+    print("seconds:", {step: round(b - a, 1) for step, a, b in zip(steps, times, times[1:], strict=True)})

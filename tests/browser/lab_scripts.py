@@ -1,4 +1,4 @@
-"""JupyterLab page scripts the browser tests share (evaluated in the page by Playwright)."""
+"""Page scripts the browser tests share (evaluated in the page by Playwright): JupyterLab's state, images."""
 
 KERNEL_IDLE = """() => {
   const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -20,4 +20,11 @@ RUN_STATE = """() => {
   }
   const ran = cells.every(cell => cell.model.executionCount !== null);
   return ran && panel.sessionContext.session.kernel.status === 'idle' ? 'done' : '';
+}"""
+
+# SHA-256 of the bytes behind the widget's <img> (ipywidgets serves them as a blob: URL).
+IMAGE_DIGEST = """async (img) => {
+  const response = await fetch(img.src);
+  const digest = await crypto.subtle.digest('SHA-256', await response.arrayBuffer());
+  return Array.from(new Uint8Array(digest), byte => byte.toString(16).padStart(2, '0')).join('');
 }"""

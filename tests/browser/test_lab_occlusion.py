@@ -8,18 +8,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from lab_scripts import KERNEL_IDLE, RUN_STATE
+from lab_scripts import IMAGE_DIGEST, KERNEL_IDLE, RUN_STATE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 NOTEBOOK = "lectures/03_occlusion.ipynb"
-
-# SHA-256 of the bytes behind the widget's <img> (ipywidgets serves them as a blob: URL).
-IMAGE_DIGEST = """async (img) => {
-  const response = await fetch(img.src);
-  const digest = await crypto.subtle.digest('SHA-256', await response.arrayBuffer());
-  return Array.from(new Uint8Array(digest), byte => byte.toString(16).padStart(2, '0')).join('');
-}"""
 
 
 def run_all_cells(page, timeout: float) -> None:
