@@ -179,7 +179,8 @@ def fgsm(
     epsilon = check_float(epsilon, "epsilon", low=0.0, high=1.0)
     attacked = _resolve_target(model, image, target, targeted)
     pixels = image.clone().requires_grad_(True)
-    (gradient,) = torch.autograd.grad(F.cross_entropy(model(pixels), torch.tensor([attacked])), pixels)
+    labels = torch.tensor([attacked], device=model.device)
+    (gradient,) = torch.autograd.grad(F.cross_entropy(model(pixels), labels), pixels)
     direction = -1.0 if targeted else 1.0
     adversarial = (image + direction * epsilon * gradient.sign()).clamp(0.0, 1.0)
     return _result(model, image, adversarial, attacked, targeted=targeted, steps=1)
@@ -237,9 +238,9 @@ def iterative_fgsm(
 
     start = image
     if random_start:
-        noise = torch.rand(image.shape, generator=make_generator(seed))
+        noise = torch.rand(image.shape, generator=make_generator(seed), device="cpu").to(image.device)
         start = (image + epsilon * (2 * noise - 1)).clamp(lower, upper)
-    labels = torch.tensor([attacked])
+    labels = torch.tensor([attacked], device=model.device)
     sign = -1.0 if targeted else 1.0  # untargeted: raise the loss of the label; targeted: lower the target's
     objective = CustomObjective(
         f"{'-' if targeted else ''}cross-entropy of {model.categories[attacked]!r}",
@@ -357,7 +358,8 @@ def unrecognizable_image_optimization(
     """
     if image is None:
         model = check_model(model)
-        image = torch.rand((1, 3, model.input_size, model.input_size), generator=make_generator(seed))
+        image = torch.rand((1, 3, model.input_size, model.input_size), generator=make_generator(seed),
+                           device="cpu").to(model.device)
     model, image = _check_inputs(model, image)
     if target is None:
         raise ValueError("An unrecognizable image needs a target class: pass target=<class index or name>.")

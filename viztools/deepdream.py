@@ -55,7 +55,7 @@ def _resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _check_layer_runs(model: VizModel, layer: str, size: tuple[int, int]) -> None:
     try:
-        forward_activations(model, torch.zeros(1, 3, *size, requires_grad=True), [layer])
+        forward_activations(model, torch.zeros(1, 3, *size, device=model.device, requires_grad=True), [layer])
     except RuntimeError as error:
         raise ValueError(
             f"Layer {layer!r} cannot process a {size[0]}x{size[1]} image ({error}). Choose an earlier "

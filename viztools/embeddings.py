@@ -82,7 +82,7 @@ def layer_features(
         output = get_activations(model, pixels, [layer])[layer]
         if output.dim() == 4 and pooling == "average":
             output = output.mean(dim=(2, 3))
-        features.append(output.flatten(1).float().numpy().copy())
+        features.append(output.flatten(1).float().cpu().numpy().copy())
         labels.append(batch_labels)
         if thumbnail_size is not None:
             if max(pixels.shape[2:]) > thumbnail_size:

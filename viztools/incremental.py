@@ -578,8 +578,9 @@ class _IncrementalPlan:
         """Logits of the occluded images for ``boxes`` (a subset of the boxes the plan was built for)."""
         row_keys = [(b[0], b[1]) for b in boxes]
         col_keys = [(b[2], b[3]) for b in boxes]
-        corners = {node: (torch.tensor([row_corners[k] for k in row_keys]),
-                          torch.tensor([col_corners[k] for k in col_keys]))
+        device = fill_normalized.device
+        corners = {node: (torch.tensor([row_corners[k] for k in row_keys], device=device),
+                          torch.tensor([col_corners[k] for k in col_keys], device=device))
                    for node, (row_corners, col_corners) in self.corners.items()}
         image = self.program.image
         values = {image: self._input_window(fill_normalized, boxes, corners[image])}
@@ -621,9 +622,9 @@ class _IncrementalPlan:
         map_width = clean.shape[3]
         clean_windows = _gather(_flat(clean), map_width, tops, lefts, height, width)
         fill_windows = _gather(_flat(fill), map_width, tops, lefts, height, width)
-        rows = torch.arange(height).view(1, height) + tops.view(-1, 1)
-        cols = torch.arange(width).view(1, width) + lefts.view(-1, 1)
-        box = torch.tensor(boxes)
+        rows = torch.arange(height, device=tops.device).view(1, height) + tops.view(-1, 1)
+        cols = torch.arange(width, device=tops.device).view(1, width) + lefts.view(-1, 1)
+        box = torch.tensor(boxes, device=tops.device)
         inside_rows = (rows >= box[:, 0:1]) & (rows < box[:, 1:2])
         inside_cols = (cols >= box[:, 2:3]) & (cols < box[:, 3:4])
         inside = (inside_rows[:, :, None, None] & inside_cols[:, None, :, None]).to(clean.device)

@@ -58,10 +58,10 @@ def starting_image(model: VizModel, like: torch.Tensor, start: str | torch.Tenso
             raise ValueError(f"start must have the image's shape {tuple(like.shape)}; got {tuple(start.shape)}.")
         return start.detach().clone()
     check_choice(start, "start", STARTS)
-    mean = torch.tensor(model.mean, dtype=like.dtype).view(1, 3, 1, 1).expand_as(like)
+    mean = torch.tensor(model.mean, dtype=like.dtype, device=like.device).view(1, 3, 1, 1).expand_as(like)
     if start == "mean":
         return mean.clone()
-    noise = torch.randn(like.shape, generator=make_generator(seed), dtype=like.dtype)
+    noise = torch.randn(like.shape, generator=make_generator(seed), dtype=like.dtype, device="cpu").to(like.device)
     return (mean + 0.1 * noise).clamp(0.0, 1.0)
 
 

@@ -167,8 +167,8 @@ class OcclusionResult:
 
 def _coverage(starts: Sequence[int], patch_size: int, side: int) -> torch.Tensor:
     """``(len(starts), side)`` float64 indicator of the pixels each patch covers."""
-    pixels = torch.arange(side)
-    begin = torch.tensor(starts).unsqueeze(1)
+    pixels = torch.arange(side, device="cpu")
+    begin = torch.tensor(starts, device="cpu").unsqueeze(1)
     return ((pixels >= begin) & (pixels < begin + patch_size)).to(torch.float64)
 
 
@@ -386,7 +386,7 @@ def _run_occlusion(
 
     with torch.inference_mode():
         baseline = float(_target_probability(model(pixels), target)[0])
-        values = torch.full((len(boxes),), float("nan"))
+        values = torch.full((len(boxes),), float("nan"), device="cpu")  # the map, filled batch by batch
         pending = []
         for index, (top, bottom, left, right) in enumerate(boxes):
             if known is not None and (top, left) in known:

@@ -189,7 +189,7 @@ def default_layers(model: VizModel) -> tuple[str, tuple[str, ...]]:
         content_layer, style_layers = DEFAULT_LAYERS[model.name]
         if all(layer in model.layers for layer in (content_layer, *style_layers)):
             return content_layer, style_layers
-    probe = torch.zeros(1, 3, model.input_size, model.input_size)
+    probe = torch.zeros(1, 3, model.input_size, model.input_size, device=model.device)
     with torch.no_grad():
         activations = forward_activations(model, probe, list(model.layers))
     spatial = [name for name in model.layers if name in activations and activations[name].dim() == 4]
@@ -313,7 +313,8 @@ def style_transfer_optimization(
         model, content, style, content_layer=content_layer, style_layers=style_layers,
         style_weights=style_weights, content_weight=content_weight,
     )
-    start = content.detach().clone() if init == "content" else torch.rand(content.shape, generator=make_generator(seed))
+    start = content.detach().clone() if init == "content" else torch.rand(
+        content.shape, generator=make_generator(seed), device="cpu").to(content.device)
     # TotalVariation sums over pixel pairs; dividing by the number of values makes tv_weight act on the mean.
     regularizers = [TotalVariation(tv_weight / content.numel())] if tv_weight > 0 else []
     optimization = optimize(

@@ -32,7 +32,7 @@ VIEWS = ("dream", "added detail")
 def dreamable_layers(model: VizModel) -> list[str]:
     """The layers of ``model`` with spatial feature maps (pooling layers left out): they take any image size."""
     with torch.no_grad():
-        probe = torch.zeros(1, 3, model.input_size, model.input_size)
+        probe = torch.zeros(1, 3, model.input_size, model.input_size, device=model.device)
         activations = forward_activations(model, probe, list(model.layers))
     spatial = [name for name, value in activations.items() if value.dim() == 4 and min(value.shape[-2:]) > 1]
     return [name for name in spatial if not name.startswith("pool")] or spatial

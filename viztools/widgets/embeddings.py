@@ -74,7 +74,7 @@ class EmbeddingExplorer(Explorer):
         self.count = images or (300 if self.model.name == "glyphnet" else 120)
         self.selected = 0
         if layer is None:  # the deepest layer that is not one channel per class
-            blank = torch.zeros(1, 3, self.model.input_size, self.model.input_size)
+            blank = torch.zeros(1, 3, self.model.input_size, self.model.input_size, device=self.model.device)
             outputs = get_activations(self.model, blank, list(self.model.layers))
             layer = [name for name, out in outputs.items() if out.shape[1] != len(self.model.categories)][-1]
         self.layer_picker = LayerPicker(self.model, layer)

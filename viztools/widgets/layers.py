@@ -94,7 +94,7 @@ class LayerExplorer(Explorer):
         if image is None:
             image = sample_images(self.model, 10)[0][6:7] if glyphs else "cat"
         self.image_picker = ImagePicker(image, size=self.model.input_size)
-        blank = torch.zeros(1, 3, self.model.input_size, self.model.input_size)
+        blank = torch.zeros(1, 3, self.model.input_size, self.model.input_size, device=self.model.device)
         outputs = get_activations(self.model, blank, list(self.model.layers))
         self.channels = {name: out.shape[1] for name, out in outputs.items()}
         self.layer_picker = LayerPicker(self.model, layer)
@@ -118,7 +118,7 @@ class LayerExplorer(Explorer):
     def compute(self, key: Hashable, job: Job) -> Iterator[LayerView]:
         layer, image_key = key
         pixels = self.image_picker.pixels_for(image_key)
-        maps = get_activations(self.model, pixels, [layer])[layer][0].float().numpy()
+        maps = get_activations(self.model, pixels, [layer])[layer][0].float().cpu().numpy()
         if layer not in self._per_layer:
             self._per_layer[layer] = (*_filters(self.model, layer), _geometry(self.model, layer))
         done = self._patches.setdefault(layer, {})

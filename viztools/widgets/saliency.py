@@ -47,7 +47,8 @@ class SaliencyMaps:
     def of(cls, image: torch.Tensor, maps: dict[str, torch.Tensor], note: str, predictions: str,
            field: tuple[slice, slice] | None = None) -> SaliencyMaps:
         """From ``(H, W)`` / ``(3, H, W)`` map tensors (laid out for drawing here, in the background)."""
-        arrays = {title: (m if m.dim() == 2 else m.permute(1, 2, 0)).float().numpy() for title, m in maps.items()}
+        arrays = {title: (m if m.dim() == 2 else m.permute(1, 2, 0)).float().cpu().numpy()
+                  for title, m in maps.items()}
         magnitudes = {title: a if a.ndim == 2 else np.abs(a).max(axis=2) for title, a in arrays.items()}
         return cls(image, arrays, magnitudes, note, predictions, field)
 
