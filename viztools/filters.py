@@ -64,7 +64,7 @@ def _weight_layer_before(
         for path, module in model.network.named_modules():
             if isinstance(module, _WEIGHT_TYPES) or id(module) in wanted:
                 stack.enter_context(attach(module, forward_pre=record(path, module)))
-        pixels = torch.zeros(1, 3, model.input_size, model.input_size)
+        pixels = torch.zeros(1, 3, model.input_size, model.input_size, device=model.device)
         with torch.no_grad(), contextlib.suppress(_StopForwardError):
             model(pixels)
     return found
@@ -257,7 +257,7 @@ def plot_filters(grid: FilterGrid, *, ax: Axes | None = None) -> Figure:
     figure, ax = figure_and_axes(ax, figsize=(max(2.5, width * scale) + 0.6, max(2.0, height * scale) + 0.8))
     ax.imshow(grid.mosaic, interpolation="nearest")
     ax.set_title(f"{grid.model_name} {grid.layer} ({grid.conv_path}): {out_count} filters {in_count}x{kh}x{kw}\n"
-                 f"{'RGB' if grid.mode == 'rgb' else 'per input channel'}, scaled per {grid.normalize}", fontsize=9)
+                 f"{'RGB' if grid.mode == 'rgb' else 'per input channel'}, scaled per {grid.normalize}", fontsize=11)
     if grid.mode == "rgb":
         ax.set_axis_off()
         return figure
@@ -266,7 +266,7 @@ def plot_filters(grid: FilterGrid, *, ax: Axes | None = None) -> Figure:
     every = max(1, len(grid.input_channels) // 16)
     shown = range(0, len(grid.input_channels), every)
     ax.set_xticks([c * step_w + (kw - 1) / 2 for c in shown], [str(grid.input_channels[c]) for c in shown])
-    ax.tick_params(length=0, labelsize=7)
+    ax.tick_params(length=0, labelsize=10)
     ax.set_xlabel("input channel")
     ax.set_ylabel("output channel (filter)")
     for spine in ax.spines.values():

@@ -71,8 +71,8 @@ def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     last = {"riemann_trapezoid": steps - 1, "riemann_left": steps - 1, "riemann_middle": steps - 0.5,
             "riemann_right": steps}[method]
     span = steps - 1 if method == "riemann_trapezoid" else steps
-    alphas = torch.linspace(first / span, last / span, steps).double()
-    weights = torch.full((steps,), 1.0 / span, dtype=torch.float64)
+    alphas = torch.linspace(first / span, last / span, steps, device="cpu").double()  # moved per batch
+    weights = torch.full((steps,), 1.0 / span, dtype=torch.float64, device="cpu")
     if method == "riemann_trapezoid":
         weights[[0, -1]] /= 2
     return alphas, weights

@@ -174,7 +174,7 @@ def _running_top_k(
         map_shape, image_shape = tuple(activations.shape[2:]), tuple(pixels.shape[2:])
         values, flat_positions = _channel_values(activations, channels, position, layer)
         del activations  # only (B, m) numbers survive a batch
-        images = torch.arange(start, start + len(pixels)).expand(len(channels), -1)
+        images = torch.arange(start, start + len(pixels), device=values.device).expand(len(channels), -1)
         if top_values is None:
             candidates = values.T, images, flat_positions.T
         else:
@@ -269,7 +269,7 @@ def plot_patches(result: PatchesResult, *, columns: int | None = None, ax: Axes 
     titles = [f"{value:.2f} #{int(index)}" for value, index in zip(result.values.tolist(), result.image_indices,
                                                                      strict=True)]
     unit = "strongest unit" if result.position is None else f"unit {result.position}"
-    return show_images(result.patches, titles, columns, ax=ax, panel_size=1.4, fontsize=8, same_scale=True,
+    return show_images(result.patches, titles, columns, ax=ax, panel_size=1.4, fontsize=10, same_scale=True,
                        suptitle=f"{result.layer}, channel {result.channel}: top {k} patches ({unit})")
 
 
@@ -290,8 +290,8 @@ def plot_patches_grid(results: Sequence[PatchesResult], *, ax: Axes | None = Non
         [f"{value:.2f}" for result in results for value in result.values.tolist()],
         k,
         ax=ax,
-        panel_size=1.1,
-        fontsize=8,
+        panel_size=1.2,
+        fontsize=10,
         same_scale=True,
         row_labels=[f"channel {result.channel}\nbest {float(result.values[0]):.2f}" for result in results],
         suptitle=f"{results[0].layer}: top {k} patches per channel, best on the left",

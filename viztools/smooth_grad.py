@@ -52,7 +52,7 @@ def noisy_copies(image: torch.Tensor, sigma: float, samples: int, seed: int | to
     """``(samples, 3, H, W)`` copies of ``image`` plus Gaussian noise of standard deviation ``sigma``, drawn in one
     call (not clamped to [0, 1], as in the paper). The same ``seed`` gives the same noise."""
     generator = make_generator(seed)
-    noise = torch.randn((samples, *image.shape[1:]), generator=generator, dtype=image.dtype)
+    noise = torch.randn((samples, *image.shape[1:]), generator=generator, dtype=image.dtype, device="cpu")
     return image + sigma * noise.to(image.device)
 
 
