@@ -263,6 +263,10 @@ def test_lab_default_folder_in_a_course_and_outside(tmp_path, monkeypatch):
     assert cli.default_lab_folder(tmp_path) == tmp_path / course.DEFAULT_FOLDER
     write_course(tmp_path / "c", files=release("0.1.0"))
     assert cli.default_lab_folder(tmp_path / "c") == tmp_path / "c"  # in the course folder itself
+    (tmp_path / "mine.ipynb").write_bytes(notebook("1"))
+    assert cli.default_lab_folder(tmp_path) == tmp_path  # a folder of one's own notebooks
+    write_course(tmp_path / course.DEFAULT_FOLDER, files=release("0.1.0"))
+    assert cli.default_lab_folder(tmp_path) == tmp_path / course.DEFAULT_FOLDER  # unless the course is there
     assert cli.lab_folder(tmp_path / "c") == (tmp_path / "c", False)
     assert cli.lab_folder(tmp_path / "empty") == (tmp_path / "empty", True)
 

@@ -88,18 +88,18 @@ def _has_notebooks(folder: Path) -> bool:
 
 
 def default_lab_folder(cwd: Path | None = None) -> Path:
-    """The folder `viztools lab` serves by default: the current folder when it is a course (or holds notebooks),
-    the lectures/ of a clone (the current folder, else the clone viztools is installed from in editable mode),
-    else ./viztools-course (written first if it is not there yet)."""
+    """The folder `viztools lab` serves by default: the current folder when it is a course, the lectures/ of a
+    clone (the current folder, else the clone viztools is installed from in editable mode), ./viztools-course when
+    it is a course, the current folder when it holds notebooks, else ./viztools-course (written first)."""
     cwd = Path.cwd() if cwd is None else cwd
     if course.is_course(cwd):
         return cwd
     for lectures in (cwd / "lectures", SOURCE_ROOT / "lectures"):
         if (lectures / FIRST_LECTURE).is_file():
             return lectures
-    if any(cwd.glob("*.ipynb")):
-        return cwd
-    return cwd / course.DEFAULT_FOLDER
+    if course.is_course(cwd / course.DEFAULT_FOLDER) or not any(cwd.glob("*.ipynb")):
+        return cwd / course.DEFAULT_FOLDER
+    return cwd
 
 
 def first_notebook(folder: Path) -> Path | None:
@@ -331,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(passes --allow-root) and on machines without a browser (prints the URL, with its access token, to open "
         "elsewhere). Stop it with Ctrl+C.")
     lab.add_argument("folder", nargs="?", type=Path, metavar="DIR",
-                     help="folder to serve (default: the current folder if it is a course or holds notebooks, "
-                     f"the lectures/ folder of a viztools clone, else ./{course.DEFAULT_FOLDER})")
+                     help="folder to serve (default: the current folder if it is a course, else the lectures/ "
+                     f"folder of a viztools clone, else ./{course.DEFAULT_FOLDER} (written if needed) unless the "
+                     "current folder holds notebooks)")
     _server_options(lab, "JupyterLab")
     lab.set_defaults(run=_lab)
 
