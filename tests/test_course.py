@@ -147,6 +147,15 @@ def test_upgrade_refreshes_untouched_notebooks_and_keeps_edited_ones(tmp_path):
     assert source_of(lectures / "03_occlusion.v0.2.0-2.ipynb") == "occlusion(v3)"
 
 
+def test_edits_without_a_newer_version_are_simply_left_alone(tmp_path):
+    write_course(tmp_path, files=release("0.1.0"), version="0.1.0")
+    edit(tmp_path / "exercises" / "03_occlusion.ipynb", "my answer")
+    report = write_course(tmp_path, files=release("0.1.0"), version="0.1.0")
+    assert Action("exercises/03_occlusion.ipynb", "yours") in report.actions
+    assert sorted(p.name for p in (tmp_path / "exercises").iterdir()) == ["03_occlusion.ipynb", "04_saliency.ipynb"]
+    assert "1 edited by you (no newer version)" in report.summary() and "kept" not in report.summary()
+
+
 def test_force_replaces_edited_lectures_but_never_exercises(tmp_path):
     write_course(tmp_path, files=release("0.1.0"), version="0.1.0")
     edit(tmp_path / "lectures" / "03_occlusion.ipynb", "mine")
@@ -155,9 +164,12 @@ def test_force_replaces_edited_lectures_but_never_exercises(tmp_path):
     what = {a.relative: a.what for a in report.actions}
     assert what["lectures/03_occlusion.ipynb"] == "replaced"
     assert source_of(tmp_path / "lectures" / "03_occlusion.ipynb") == "occlusion()"
-    assert what["exercises/03_occlusion.ipynb"] == "kept"
+    assert what["exercises/03_occlusion.ipynb"] == "yours"
     assert source_of(tmp_path / "exercises" / "03_occlusion.ipynb") == "my answer"
     assert "replaced lectures/03_occlusion.ipynb" in report.summary()
+    report = write_course(tmp_path, files=release("0.2.0", exercises__03_occlusion="v2"), version="0.2.0", force=True)
+    assert Action("exercises/03_occlusion.ipynb", "kept", "exercises/03_occlusion.v0.2.0.ipynb") in report.actions
+    assert source_of(tmp_path / "exercises" / "03_occlusion.ipynb") == "my answer"
 
 
 def test_a_folder_with_notebooks_but_no_manifest_is_never_overwritten(tmp_path):

@@ -157,8 +157,9 @@ def course_version(folder: Path) -> str | None:
 @dataclass(frozen=True)
 class Action:
     """What happened to one file: ``written`` (new), ``updated`` (refreshed, the student had not changed it),
-    ``current`` (already up to date), ``replaced`` (edited, overwritten because of --force) or ``kept`` (edited by
-    the student and left alone; ``copy`` is where the new version went, if anywhere)."""
+    ``current`` (already up to date), ``yours`` (edited by the student; the course has no newer version of it),
+    ``replaced`` (edited, overwritten because of --force) or ``kept`` (edited by the student and left alone while
+    the course has a newer version: ``copy`` is where that went)."""
 
     relative: str
     what: str
@@ -183,15 +184,14 @@ class CourseReport:
         lines = [f"Course of viztools {self.version} in {self.folder}"
                  + (f" (was {was})" if was and was != self.version else "") + ":"]
         labels = [("written", "new"), ("updated", "refreshed (you had not changed them)"),
-                  ("current", "already up to date"), ("replaced", "replaced although you edited them (--force)"),
-                  ("kept", "kept because you edited them")]
+                  ("current", "already up to date"), ("yours", "edited by you (no newer version)"),
+                  ("replaced", "replaced although you edited them (--force)"),
+                  ("kept", "kept because you edited them (newer version beside them)")]
         counts = [f"{self.count(what)} {label}" for what, label in labels if self.count(what)]
         lines.append("  " + ", ".join(counts) + ".")
         for action in self.actions:
-            if action.what == "kept" and action.copy:
+            if action.what == "kept":
                 lines.append(f"  kept {action.relative} (your edits); the new version is {action.copy}")
-            elif action.what == "kept":
-                lines.append(f"  kept {action.relative} (your edits)")
             elif action.what == "replaced":
                 lines.append(f"  replaced {action.relative} (your edits are gone: --force)")
         if self.count("kept"):
@@ -293,6 +293,8 @@ def write_course(folder: str | Path = DEFAULT_FOLDER, *, force: bool = False,
             elif force and item.part != EXERCISES:
                 write(item.relative, item.content)
                 report.actions.append(Action(item.relative, "replaced"))
+            elif records.get(item.relative, {}).get("fingerprint") == new:  # no newer version since it was written
+                report.actions.append(Action(item.relative, "yours"))
             else:
                 report.actions.append(Action(item.relative, "kept", write_copy(item)))
     except OSError as error:
