@@ -377,7 +377,7 @@ def _build_wheel(tmp_path: Path) -> Path:
         names = archive.getnames()
         assert any(n.endswith("lectures/00_getting_started.ipynb") for n in names)
         assert not any("solutions" in n for n in names)
-        archive.extractall(tmp_path / "sdist", filter="data")
+        archive.extractall(tmp_path / "sdist", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     unpacked = next((tmp_path / "sdist").iterdir())
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "--wheel-dir", str(tmp_path / "wheels"), str(unpacked)], check=True, capture_output=True)
