@@ -317,7 +317,8 @@ def test_present_serves_the_lecture_with_voila(tmp_path, capsys, exec_calls):
     notebook_path = tmp_path / "lectures" / "03_occlusion.ipynb"
     assert chdir == ("chdir", notebook_path.parent)
     assert argv[1:4] == ["-m", "voila", str(notebook_path)]
-    assert {"--port=8765", "--no-browser", "--template=viztools", "--Voila.auto_token=True"} <= set(argv)
+    assert {"--port=8765", "--no-browser", "--template=viztools", "--Voila.auto_token=True",
+            "--progressive_rendering=True"} <= set(argv)
     assert env["JUPYTER_TOKEN"] == "tok-4242" and "tok-4242" not in " ".join(argv)
     assert env["JUPYTER_PATH"].split(os.pathsep)[0] == str(cli.PRESENT_TEMPLATE_ROOT)
     assert "http://localhost:8765/?token=tok-4242" in capsys.readouterr().out
