@@ -163,7 +163,7 @@ def _probe_network(model: VizModel) -> nn.Module:
     """
     if model in _probe_networks:
         return _probe_networks[model]
-    probe = copy.deepcopy(model.network).to(device="cpu", dtype=torch.float64).eval()  # geometry only: CPU
+    probe = copy.deepcopy(model.network, _probe_tensors(model.network)).eval()
     for parent in list(probe.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.MaxPool2d):
@@ -172,14 +172,33 @@ def _probe_network(model: VizModel) -> nn.Module:
                 setattr(parent, name, nn.Identity())
     with torch.no_grad():
         for module in probe.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                module.weight.fill_(1.0 / module.weight[0].numel())
-                if module.bias is not None:
-                    module.bias.zero_()
-            elif isinstance(module, nn.BatchNorm2d):
+            if isinstance(module, nn.BatchNorm2d):
                 module.reset_parameters()
     _probe_networks[model] = probe
     return probe
+
+
+def _probe_tensors(network: nn.Module) -> dict[int, torch.Tensor]:
+    """``copy.deepcopy`` memo giving the probe float64 CPU tensors without copying the network's weights first (a
+    GPU model is never copied on its GPU): each convolution's and linear layer's weight is its average, one number
+    expanded to the weight's shape (no memory even for VGG's 100 M-weight classifier), biases zero."""
+    memo: dict[int, torch.Tensor] = {}
+    for module in network.modules():
+        averaged = isinstance(module, (nn.Conv2d, nn.Linear))
+        for name, parameter in module.named_parameters(recurse=False):
+            if averaged and name == "weight":
+                fan_in = parameter[0].numel()
+                value = torch.full((1,) * parameter.dim(), 1.0 / fan_in, dtype=torch.float64, device="cpu")
+                value = value.expand(parameter.shape)
+            elif averaged and name == "bias":
+                value = torch.zeros(parameter.shape, dtype=torch.float64, device="cpu")
+            else:
+                value = parameter.detach().to(device="cpu", dtype=torch.float64, copy=True)
+            memo[id(parameter)] = nn.Parameter(value, requires_grad=False)
+        for buffer in module.buffers(recurse=False):
+            dtype = torch.float64 if buffer.is_floating_point() else buffer.dtype
+            memo[id(buffer)] = buffer.detach().to(device="cpu", dtype=dtype, copy=True)
+    return memo
 
 
 def _field_mask(model: VizModel, path: str, position: tuple[int, int], size: int) -> torch.Tensor:
