@@ -220,14 +220,19 @@ def test_imagenet_squeezenet_recognizes_cat_and_coffee(imagenet_squeezenet):
 # --------------------------------------------------------------------------------------------------------------
 
 
+RESNET_LAYERS = ["conv1", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "logits"]
+
+
 @pytest.mark.parametrize("name, layers", [
-    ("resnet18", ["conv1", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "logits"]),
+    ("resnet18", RESNET_LAYERS),
+    pytest.param("resnet50", RESNET_LAYERS, marks=pytest.mark.slow),
     ("mobilenet_v3_small", [*(f"features.{i}" for i in range(13)), "avgpool", "logits"]),
+    ("mobilenet_v3_large", [*(f"features.{i}" for i in range(17)), "avgpool", "logits"]),
 ])
 def test_resnet_and_mobilenet_load_with_their_layers(name, layers):
     model = viztools.load_model(name, weights="random", device="cpu")
-    assert list(model.layers) == layers and model.layers["conv1" if name == "resnet18" else "logits"] in (
-        "relu", "classifier.3")
+    assert list(model.layers) == layers
+    assert model.layers["conv1"] == "relu" if name.startswith("resnet") else model.layers["logits"] == "classifier.3"
     assert model.categories[285] == "Egyptian cat" and model.device == torch.device("cpu")
     assert not any(getattr(m, "inplace", False) for m in model.network.modules())
     assert model(torch.rand(2, 3, 64, 64)).shape == (2, 1000)
@@ -235,7 +240,8 @@ def test_resnet_and_mobilenet_load_with_their_layers(name, layers):
     assert all(len(shapes[layer]) == 4 for layer in layers[:-1]) and shapes["logits"] == (1, 1000)
 
 
-@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow), "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow), "mobilenet_v3_small",
+                                  "mobilenet_v3_large"])
 def test_out_of_place_residual_blocks_compute_what_torchvision_computes(name):
     """The registry swaps torchvision's in-place residual add (``out += identity``) for an out-of-place one."""
     torch.manual_seed(0)
