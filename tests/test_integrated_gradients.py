@@ -62,8 +62,9 @@ def test_completeness_attributions_add_up_to_the_score_difference(glyphnet: VizM
     with torch.no_grad():
         scores = glyphnet(torch.cat([icon, torch.zeros_like(icon)]))[:, 3]
     difference = float(scores[0] - scores[1])
-    coarse = integrated_gradients(glyphnet, icon, 3, steps=8)
-    fine = integrated_gradients(glyphnet, icon, 3, steps=128, batch_size=64)
+    coarse = integrated_gradients(glyphnet, icon, 3, steps=8, method="riemann_trapezoid")
+    fine = integrated_gradients(glyphnet, icon, 3, steps=128, method="riemann_trapezoid", batch_size=64)
+    assert integrated_gradients(glyphnet, icon, 3, steps=4).method == "gausslegendre", "the default, as in Captum"
     for result in (coarse, fine):
         assert result.score - result.baseline_score == pytest.approx(difference, rel=1e-5)
         assert result.delta == pytest.approx(float(result.attribution.double().sum()) - difference, abs=1e-4)
@@ -126,7 +127,7 @@ def test_plot_and_errors(glyphnet: VizModel, icon: torch.Tensor) -> None:
     with pytest.raises(ValueError, match=r"Unknown method 'trapezoid'\. Did you mean 'riemann_trapezoid'"):
         integrated_gradients(glyphnet, icon, method="trapezoid")
     with pytest.raises(ValueError, match=r"steps must be an integer in \[2, inf\)"):
-        integrated_gradients(glyphnet, icon, steps=1)
+        integrated_gradients(glyphnet, icon, steps=1, method="riemann_trapezoid")
     with pytest.raises(ValueError, match="baseline must have the image's shape"):
         integrated_gradients(glyphnet, icon, baseline=torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="Unknown baseline 'white'"):

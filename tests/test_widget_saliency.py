@@ -6,6 +6,7 @@ import datetime
 import io
 import threading
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -69,8 +70,33 @@ def test_map_beside_image_with_top5_and_display_settings_from_the_cache(glyphnet
     assert explorer.png() == first and calls == ["saliency", "guided backprop"], "revisits come from the cache"
     explorer.compare_box.value = True
     explorer.wait()
-    assert decode_png(explorer.png()).shape[1] > decode_png(guided).shape[1], "compare all: image and three maps"
-    assert calls[2:] == ["saliency", "guided backprop", "deconvnet"]
+    assert decode_png(explorer.png()).shape[1] > decode_png(guided).shape[1], "compare all: image and six maps"
+    assert calls[2:] == ["saliency", "guided backprop", "deconvnet", "Grad-CAM", "SmoothGrad", "Integrated Gradients"]
+    explorer.close()
+
+
+def test_grad_cam_smooth_grad_and_integrated_gradients_are_offered(glyphnet, star):
+    """The methods practitioners use today: the widget shows exactly the library's maps (lecture 04, section 6)."""
+    from viztools.grad_cam import grad_cam
+    from viztools.integrated_gradients import integrated_gradients
+    from viztools.smooth_grad import smooth_grad
+
+    explorer = SaliencyExplorer(glyphnet, star, method="Grad-CAM", scale=0.5).wait()
+    target, pixels = explorer.shown_key[1], explorer.shown.image
+    expected = {
+        "Grad-CAM": grad_cam(glyphnet, pixels, target).attribution,
+        "SmoothGrad": smooth_grad(glyphnet, pixels, target, samples=16).saliency,
+        "Integrated Gradients": integrated_gradients(glyphnet, pixels, target, steps=20).attribution.abs().sum(dim=0),
+    }
+    pictures = set()
+    for method, reference in expected.items():
+        explorer.method_picker.value = method
+        explorer.wait()
+        assert explorer.last_error is None and list(explorer.shown.maps) == [method]
+        np.testing.assert_allclose(explorer.shown.maps[method], reference.numpy(), rtol=1e-4, atol=1e-6)
+        assert f"{method} " in explorer.summary.value
+        pictures.add(explorer.png())
+    assert len(pictures) == 3
     explorer.close()
 
 

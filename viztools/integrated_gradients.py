@@ -8,7 +8,7 @@ pixel's change. By the fundamental theorem of calculus the attributions add up t
 
 Quadrature rules (the names Captum uses): ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"`` (weights
 ``1/steps``), ``"riemann_trapezoid"`` (``steps`` points from ``a = 0`` to ``1``, weights ``1/(steps-1)`` halved at
-the two ends, summing to 1) and ``"gausslegendre"``. Captum 0.9's ``riemann_trapezoid`` uses weights ``1/steps``
+the two ends, summing to 1) and ``"gausslegendre"`` (the default). Captum 0.9's ``riemann_trapezoid`` uses weights ``1/steps``
 (halved at the ends) on the same points: its attributions are ours times ``(steps-1)/steps``.
 """
 
@@ -26,7 +26,7 @@ from viztools.data import gaussian_blur
 from viztools.models import VizModel
 from viztools.saliency import _prepare, plot_saliency, score_gradients
 
-METHODS: tuple[str, ...] = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre")
+METHODS: tuple[str, ...] = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 BASELINES: tuple[str, ...] = ("black", "grey", "blur")
 
 
@@ -94,14 +94,15 @@ def make_baseline(image: torch.Tensor, baseline: str | torch.Tensor) -> torch.Te
 
 def integrated_gradients(model: VizModel, image: torch.Tensor, target: int | str | None = None, *,
                          baseline: str | torch.Tensor = "black", steps: int = 50,
-                         method: str = "riemann_trapezoid", batch_size: int = 10) -> IntegratedGradientsResult:
+                         method: str = "gausslegendre", batch_size: int = 10) -> IntegratedGradientsResult:
     """Integrated Gradients (Sundararajan et al. 2017) of class ``target`` (index or name; None: the top class).
 
     Args:
         baseline: the image that means "no evidence": ``"black"``, ``"grey"``, ``"blur"`` or a pixel tensor
             (see :func:`make_baseline`).
-        steps: points on the path (the paper: 20 to 300; check ``result.delta``).
-        method: the quadrature rule, one of :data:`METHODS`.
+        steps: points on the path (the paper: 20 to 300 with Riemann sums; check ``result.delta``).
+        method: the quadrature rule, one of :data:`METHODS`; Gauss-Legendre (Captum's default too) needs the
+            fewest points for a given accuracy (on SqueezeNet, 20 points: completeness within 4 %).
         batch_size: path points per forward/backward pass.
     """
     pixels = _prepare(model, image).detach()

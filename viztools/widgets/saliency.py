@@ -1,9 +1,10 @@
 """SaliencyExplorer: which pixels move a class score or one unit, in one backward pass (lecture 04).
 
 Saliency maps (Simonyan, Vedaldi & Zisserman 2014), deconvnet (Zeiler & Fergus 2014), guided backpropagation
-(Springenberg et al. 2015) and the gradient of a single unit, all from :mod:`viztools.saliency`. The maps are drawn
-beside the image; "compare all" shows the three rules side by side, and the colour scale can be held fixed so that
-a weak map looks weak.
+(Springenberg et al. 2015) and the gradient of a single unit, all from :mod:`viztools.saliency`, and what
+practitioners use today: Grad-CAM (Selvaraju et al. 2017), SmoothGrad (Smilkov et al. 2017) and Integrated Gradients
+(Sundararajan et al. 2017). The maps are drawn beside the image; "compare all" shows every class method side by
+side, and the colour scale can be held fixed so that a weak map looks weak.
 """
 
 from __future__ import annotations
@@ -17,16 +18,39 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from viztools.grad_cam import grad_cam
 from viztools.hooks import get_activations, receptive_field
+from viztools.integrated_gradients import integrated_gradients
 from viztools.models import VizModel
 from viztools.saliency import deconvnet, guided_backprop, neuron_gradient, saliency
+from viztools.smooth_grad import smooth_grad
 from viztools.widgets._common import Job, colorize, hstack, resize_rgb, titled, to_rgb_uint8
 from viztools.widgets.base import Explorer
 from viztools.widgets.controls import CONTROL_STYLE, ClassPicker, ImagePicker, LayerPicker, described, predictions_html
 
 #: The methods and, for the class score, the function computing each map.
-METHODS = ("saliency", "guided backprop", "deconvnet", "neuron gradient")
-_CLASS_MAPS = {"saliency": saliency, "guided backprop": guided_backprop, "deconvnet": deconvnet}
+METHODS = ("saliency", "guided backprop", "deconvnet", "Grad-CAM", "SmoothGrad", "Integrated Gradients",
+           "neuron gradient")
+
+
+def _grad_cam_map(model: VizModel, image: torch.Tensor, target: int) -> torch.Tensor:
+    """Grad-CAM at the default layer (the last convolutional block), at the image's size."""
+    return grad_cam(model, image, target).attribution
+
+
+def _smooth_grad_map(model: VizModel, image: torch.Tensor, target: int) -> torch.Tensor:
+    """SmoothGrad saliency: 16 copies with noise at 15 % of the image's range (seed 0)."""
+    return smooth_grad(model, image, target, samples=16, batch_size=8).saliency
+
+
+def _integrated_gradients_map(model: VizModel, image: torch.Tensor, target: int) -> torch.Tensor:
+    """|Integrated Gradients| summed over the colour channels (black baseline, 20 Gauss-Legendre points)."""
+    return integrated_gradients(model, image, target, steps=20).attribution.abs().sum(dim=0)
+
+
+_CLASS_MAPS = {"saliency": saliency, "guided backprop": guided_backprop, "deconvnet": deconvnet,
+               "Grad-CAM": _grad_cam_map, "SmoothGrad": _smooth_grad_map,
+               "Integrated Gradients": _integrated_gradients_map}
 _RULES = {"plain": "unit: plain", "guided": "unit: guided", "deconvnet": "unit: deconvnet"}
 
 
@@ -62,14 +86,15 @@ class SaliencyExplorer(Explorer):
         target: the class to explain (index or name; default: the top prediction).
         method: one of :data:`METHODS`; ``layer`` and ``channel`` choose the unit of "neuron gradient"
             (default: the deepest spatial layer and its most active channel on ``image``).
-        compare: show the three rules (saliency / plain, guided backprop, deconvnet) side by side.
+        compare: show every class method side by side (for "neuron gradient": the three ReLU rules).
         percentile: maps saturate at this percentile of their magnitude.
         scale: 1.0 normal, 1.5 for a projector: panels and text grow together.
     """
 
     TITLE = "Saliency"
     BLURB = ("the gradient of a score with respect to the pixels: saliency (Simonyan et al. 2014), deconvnet "
-             "(Zeiler & Fergus 2014), guided backprop (Springenberg et al. 2015).")
+             "(Zeiler & Fergus 2014), guided backprop (Springenberg et al. 2015); Grad-CAM (Selvaraju et al. 2017), "
+             "SmoothGrad (Smilkov et al. 2017), Integrated Gradients (Sundararajan et al. 2017).")
 
     def __init__(self, model: VizModel, image: object = "cat", target: int | str | None = None, *,
                  method: str = "saliency", layer: str | None = None, channel: int | None = None,
@@ -78,7 +103,7 @@ class SaliencyExplorer(Explorer):
         self.image_picker = ImagePicker(image, size=self.model.input_size)
         pixels = self.image_picker.pixels
         self.class_picker = ClassPicker(self.model, pixels, target)
-        self.method_picker = ipywidgets.ToggleButtons(options=METHODS, value=method, style={"button_width": "118px"})
+        self.method_picker = ipywidgets.ToggleButtons(options=METHODS, value=method, style={"button_width": "140px"})
         outputs = get_activations(self.model, pixels, list(self.model.layers))
         self.channels = {name: out.shape[1] for name, out in outputs.items() if out.dim() in (2, 4)}
         # default unit: the deepest feature map (spatial, not a pooling, not one channel per class)
@@ -144,7 +169,8 @@ class SaliencyExplorer(Explorer):
                               field)
 
     def draw(self, result: SaliencyMaps) -> np.ndarray:
-        side = round(self.panel * (0.62 if len(result.maps) > 1 else 1.0))
+        maps = len(result.maps)
+        side = round(self.panel * (1.0 if maps == 1 else 0.62 if maps <= 3 else 0.45))
         height, width = result.image.shape[-2:]
         smooth = side < 2 * max(height, width)
         panels = [titled(resize_rgb(to_rgb_uint8(result.image), (side, side), smooth=smooth), "image",
