@@ -6,10 +6,11 @@ averaged along the straight path from a *baseline* image ``x'`` (black by defaul
 pixel's change. By the fundamental theorem of calculus the attributions add up to ``S_c(x) - S_c(x')``
 (*completeness*); the integral is approximated by a weighted sum over ``steps`` points of the path.
 
-Quadrature rules (the names Captum uses): ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"`` (weights
-``1/steps``), ``"riemann_trapezoid"`` (``steps`` points from ``a = 0`` to ``1``, weights ``1/(steps-1)`` halved at
-the two ends, summing to 1) and ``"gausslegendre"`` (the default). Captum 0.9's ``riemann_trapezoid`` uses weights ``1/steps``
-(halved at the ends) on the same points: its attributions are ours times ``(steps-1)/steps``.
+Quadrature rules (the names Captum uses): ``"gausslegendre"`` (the default), ``"riemann_left"``,
+``"riemann_right"``, ``"riemann_middle"`` (weights ``1/steps``) and ``"riemann_trapezoid"`` (``steps`` points from
+``a = 0`` to ``1``, weights ``1/(steps-1)`` halved at the two ends, summing to 1). Captum 0.9's
+``riemann_trapezoid`` uses weights ``1/steps`` (halved at the ends) on the same points: its attributions are ours
+times ``(steps-1)/steps``.
 """
 
 from __future__ import annotations
