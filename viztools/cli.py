@@ -344,9 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     present = commands.add_parser(
         "present", help="show one lecture as an app in the browser, for class (Voila: no code, live widgets)",
-        description="Serve lecture NN with Voila: the notebook runs top to bottom, then its prose, figures and "
-        "widgets show without code cells, and the widgets stay live. Works as root and on machines without a "
-        "browser (prints the URL, with its access token). Stop it with Ctrl+C.")
+        description="Serve lecture NN with Voila: its prose shows at once, its figures and widgets as the "
+        "notebook runs top to bottom, no code cell is shown, and the widgets stay live. Works as root and on "
+        "machines without a browser (prints the URL, with its access token). Stop it with Ctrl+C.")
     present.add_argument("lecture", metavar="NN", help="the lecture: its number (3 or 03) or part of its name "
                          "(occlusion)")
     present.add_argument("folder", nargs="?", type=Path, metavar="DIR",

@@ -100,6 +100,9 @@ Seeing inside CNNs: visualization, DeepDream, neural style, adversarial examples
 Open the course with `viztools lab` in this folder (or `viztools lab PATH/TO/THIS/FOLDER`): JupyterLab starts
 here and opens lecture 00. It prints the URL to open, with its access token.
 
+Check an exercise before you hand it in: `viztools grade exercises/03_occlusion.ipynb` runs the checks your
+instructor grades with and says what is wrong.
+
 Your edits are safe. After upgrading viztools, `viztools course` in this folder brings the notebooks up to date:
 notebooks you did not change are refreshed; a lecture you edited is kept as it is and the new version is written
 beside it (for example `03_occlusion.v0.2.0.ipynb`); an exercise you worked on is never replaced. The file
