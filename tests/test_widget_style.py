@@ -64,6 +64,7 @@ def wait_for(condition, timeout: float = 20.0) -> None:
 def test_one_weight_slider_per_style_layer_and_every_loss_term_per_step(model, runs):
     explorer = StyleExplorer(model, steps=10).wait()
     assert explorer.last_error is None and explorer.final
+    assert (explorer.content_picker.value, explorer.style_picker.value) == ("cat", "starry_strokes"), "a painting"
     assert [slider.description for slider in explorer.style_sliders] == ["conv1", "conv2", "conv3", "conv4"]
     assert all(slider.value == DEFAULT_STYLE_WEIGHT for slider in explorer.style_sliders)
     frame = explorer.shown

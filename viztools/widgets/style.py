@@ -29,7 +29,8 @@ class StyleExplorer(Explorer):
 
     Args:
         model: a :class:`~viztools.models.VizModel`; its layers come from :func:`viztools.style.default_layers`.
-        content, style: example image names (see ``viztools.data.example_image_names()``), paths or pixels.
+        content, style: example image names (see ``viztools.data.example_image_names()``), paths or pixels
+            (default: the cat painted in the style of the generated painting ``"starry_strokes"``).
         steps, optimizer, content_weight, tv_weight: initial settings of :func:`~viztools.style.style_transfer`.
         size: side of the images in pixels (default: the model's input size, at most 128 so that frames come at
             least once a second on ImageNet models).
@@ -39,7 +40,7 @@ class StyleExplorer(Explorer):
     TITLE = "Neural style"
     BLURB = "match one layer's features to the content and Gram matrices to the style (Gatys et al. 2016)."
 
-    def __init__(self, model: VizModel, content: object = "cat", style: object = "stained_cells", *,
+    def __init__(self, model: VizModel, content: object = "cat", style: object = "starry_strokes", *,
                  steps: int = 100, optimizer: str = "lbfgs", content_weight: float = 1.0, tv_weight: float = 1.0,
                  size: int | None = None, scale: float = 1.0) -> None:
         super().__init__(model, scale=scale)
