@@ -193,6 +193,20 @@ def test_lbfgs_closure_calls_are_counted(model) -> None:
     assert many.steps == 2 and many.closure_calls == 8
 
 
+@pytest.mark.slow
+def test_lbfgs_beats_adam_at_equal_evaluations_in_texture_synthesis(glyphnet) -> None:
+    """Lecture 08's claim: one image, a smooth deterministic loss: with the same number of forward/backward passes
+    L-BFGS reaches a much lower style loss than Adam at any of three learning rates (measured: 3.7 vs 14 at best)."""
+    content, painting = viztools.load_image("cat", 64), viztools.load_image("starry_strokes", 128)
+    best = {}
+    for optimizer, lr in (("lbfgs", None), ("adam", 0.02), ("adam", 0.05), ("adam", 0.1)):
+        result = style_transfer(glyphnet, content, painting, content_weight=0, tv_weight=0, init="random", steps=30,
+                                optimizer=optimizer, lr=lr, seed=0)
+        assert result.closure_calls == 30
+        best[optimizer, lr] = result.loss
+    assert best["lbfgs", None] < 0.5 * min(loss for (optimizer, _), loss in best.items() if optimizer == "adam")
+
+
 def test_every_step_reports_each_loss_term(model) -> None:
     steps = list(style_transfer_optimization(model, smooth_image(1), image(2, size=48), steps=4, optimizer="adam"))
     content_layer, style_layers = DEFAULT_LAYERS["glyphnet"]
@@ -304,9 +318,9 @@ def test_plot_shows_the_three_images_and_one_curve_per_loss_term(model) -> None:
 
 
 @pytest.mark.slow
-def test_imagenet_squeezenet_paints_the_cat_in_the_texture(imagenet_squeezenet) -> None:
+def test_imagenet_squeezenet_paints_the_cat_in_the_painting(imagenet_squeezenet) -> None:
     content = viztools.load_image("cat", 96)
-    style = viztools.load_image("stained_cells", 128)
+    style = viztools.load_image("starry_strokes", 192)
     result = style_transfer(imagenet_squeezenet, content, style, steps=15)
     first, best = result.history[0], result.loss
     assert best < 0.5 * first["total"]
