@@ -51,6 +51,8 @@ def _integrated_gradients_map(model: VizModel, image: torch.Tensor, target: int)
 _CLASS_MAPS = {"saliency": saliency, "guided backprop": guided_backprop, "deconvnet": deconvnet,
                "Grad-CAM": _grad_cam_map, "SmoothGrad": _smooth_grad_map,
                "Integrated Gradients": _integrated_gradients_map}
+#: Shorter titles where six maps share the width ("compare all").
+_SHORT_TITLES = {"guided backprop": "guided BP", "Integrated Gradients": "Int. Grad."}
 _RULES = {"plain": "unit: plain", "guided": "unit: guided", "deconvnet": "unit: deconvnet"}
 
 
@@ -182,7 +184,8 @@ class SaliencyExplorer(Explorer):
                 picture = colorize(values, cmap="inferno", vmin=0.0, vmax=limit)
             else:
                 picture = to_rgb_uint8(0.5 + (0.5 / limit) * values)
-            panels.append(titled(resize_rgb(picture, (side, side), smooth=smooth), title, size=self.font_size))
+            label = _SHORT_TITLES.get(title, title) if maps > 3 else title
+            panels.append(titled(resize_rgb(picture, (side, side), smooth=smooth), label, size=self.font_size))
         if result.field is not None:
             panels = [_draw_field(panel, result.field, side / width, round(2 * self.scale)) for panel in panels]
         return hstack(panels)
