@@ -12,24 +12,36 @@ from viztools.data import gaussian_blur
 from viztools.hooks import forward_activations, has_hooks
 from viztools.models import VizModel
 from viztools.optimize import (
+    COLOR_CORRELATION,
+    COLOR_CORRELATION_SVD_SQRT,
     LOGITS,
+    PARAMETRIZATIONS,
     ChannelMean,
     ClassScore,
+    Crop,
     CustomObjective,
     FeatureMatch,
+    ImageParametrization,
     Jitter,
     L2Penalty,
     LayerDream,
     LoopSettings,
     Objective,
     OptimizationResult,
+    Pad,
+    RandomAffine,
     RandomTransform,
     Run,
     TotalVariation,
     blur_every,
     compose,
+    decorrelated_to_rgb,
     finished,
+    fourier_scale,
+    image_parametrization,
     optimize,
+    rgb_to_decorrelated,
+    robust_transforms,
     run,
 )
 
@@ -398,3 +410,116 @@ def test_loop_defaults_live_in_one_place_and_unknown_options_are_named():
     assert (optimization.steps, optimization.lr, optimization.every) == (defaults.steps, defaults.lr, defaults.every)
     with pytest.raises(TypeError, match=r"Unknown optimize\(\) option\(s\): stepz\. Choose from: steps, "):
         optimize(tiny_model(), start_image(), ClassScore(0), stepz=3)
+
+
+# -- parametrizations and robustness transforms (Olah et al. 2017) ---------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(16, 16), (15, 22)])
+@pytest.mark.parametrize("fourier, decorrelate", [(True, True), (True, False), (False, True)])
+def test_sigmoid_parametrizations_give_real_valid_images_and_encode_exactly(size, fourier, decorrelate):
+    start = 0.05 + 0.9 * torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    built = ImageParametrization(fourier=fourier, decorrelate=decorrelate).build(start)
+    image = built.image().detach()
+    assert image.shape == start.shape and image.dtype == torch.float32 and not image.is_complex()
+    assert built.bounded and float(image.min()) > 0.0 and float(image.max()) < 1.0
+    torch.testing.assert_close(image, start, atol=1e-4, rtol=0)  # encode then decode: the same image
+    with torch.no_grad():  # any parameter value is a valid image (the sigmoid)
+        built.parameters[0].normal_(0.0, 100.0, generator=torch.Generator().manual_seed(2))
+    wild = built.image().detach()
+    assert torch.isfinite(wild).all() and float(wild.min()) >= 0.0 and float(wild.max()) <= 1.0
+
+
+def test_pixel_parametrization_is_the_identity_and_named_ones_resolve():
+    start = torch.rand(1, 3, 8, 8)
+    built = PARAMETRIZATIONS["pixels"].build(start)
+    assert not built.bounded and torch.equal(built.image(), start) and built.image() is built.parameters[0]
+    assert image_parametrization("fourier") == ImageParametrization(fourier=True, decorrelate=True)
+    assert image_parametrization(ImageParametrization(decorrelate=True)).decorrelate
+
+
+def test_colour_matrix_is_lucids_square_root_with_orthogonal_columns_and_inverts():
+    # Lucid's color_correlation_svd_sqrt (U sqrt(S)), normalized so that its largest column has unit norm
+    torch.testing.assert_close(COLOR_CORRELATION_SVD_SQRT[0], torch.tensor([0.26, 0.09, 0.02]))
+    assert float(COLOR_CORRELATION.norm(dim=0).max()) == pytest.approx(1.0)
+    gram = COLOR_CORRELATION.T @ COLOR_CORRELATION  # columns of U sqrt(S) are orthogonal (up to Lucid's rounding)
+    cosines = gram / torch.outer(torch.diag(gram), torch.diag(gram)).sqrt()
+    assert float((cosines - torch.eye(3)).abs().max()) < 0.15
+    assert torch.all(torch.diag(gram)[:-1] > torch.diag(gram)[1:])  # luminance first, then the colour axes
+    assert torch.all(COLOR_CORRELATION[:, 0] > 0.5)  # the first component is brightness: all of R, G, B
+    components = torch.randn(2, 3, 5, 4)
+    torch.testing.assert_close(rgb_to_decorrelated(decorrelated_to_rgb(components)), components)
+    rgb = decorrelated_to_rgb(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)).flatten()
+    torch.testing.assert_close(rgb, COLOR_CORRELATION[:, 0])
+
+
+def test_fourier_scale_is_one_over_frequency_and_a_coefficient_is_a_cosine():
+    scale = fourier_scale(16, 16)
+    assert scale.shape == (16, 9)
+    assert float(scale[0, 0]) == pytest.approx(16.0)  # the constant term gets the lowest frequency's value
+    assert float(scale[0, 4]) == pytest.approx(16 / 4)  # 4 cycles across 16 px: frequency 1/4
+    assert float(scale[3, 4]) == pytest.approx(1 / math.hypot(3 / 16, 4 / 16))
+    assert float(fourier_scale(16, 16, decay_power=2.0)[0, 4]) == pytest.approx((16 / 4) ** 2)
+    built = ImageParametrization(fourier=True).build(torch.full((1, 3, 16, 16), 0.5))
+    with torch.no_grad():
+        built.parameters[0].zero_()
+        built.parameters[0][0, :, 0, 3, 0] = 1.0  # the real part of 3 cycles along x, every channel
+    logit = torch.logit(built.image())[0, 0]
+    assert torch.allclose(logit, logit[:1].expand(16, 16), atol=1e-6)  # constant along y
+    x = torch.arange(16)
+    expected = torch.cos(2 * math.pi * 3 * x / 16)
+    torch.testing.assert_close(logit[0] / logit[0].abs().max(), expected, atol=1e-5, rtol=0)
+
+
+def test_fourier_ascent_raises_the_objective_gradients_reach_the_coefficients_and_is_seeded():
+    model = tiny_model()
+    image = start_image(16)
+    transforms = robust_transforms(16)
+    optimization = optimize(model, image, ClassScore(0), steps=1, parametrization="fourier", transforms=transforms,
+                            seed=0)
+    next(optimization)
+    coefficients = optimization.parametrized.parameters[0]
+    assert coefficients.grad is not None and float(coefficients.grad.abs().sum()) > 0
+    settings = {"steps": 25, "lr": 0.2, "parametrization": "fourier", "transforms": transforms}
+    result = run(model, image, ClassScore(0), seed=3, **settings)
+    assert model(result.image)[0, 0].item() > model(image)[0, 0].item() + 0.75  # 1.68 -> 2.64
+    same = run(model, image, ClassScore(0), seed=3, **settings)
+    other = run(model, image, ClassScore(0), seed=4, **settings)
+    assert torch.equal(result.image, same.image) and not torch.equal(result.image, other.image)
+    assert float(result.image.min()) >= 0.0 and float(result.image.max()) <= 1.0
+
+
+def test_after_step_operations_act_on_the_image_of_a_sigmoid_parametrization():
+    model = tiny_model()
+    flatten = lambda pixels, step: torch.full_like(pixels, 0.25)  # noqa: E731
+    result = run(model, start_image(16), ClassScore(0), steps=2, parametrization="fourier", after_step=[flatten])
+    torch.testing.assert_close(result.last_image, torch.full((1, 3, 16, 16), 0.25), atol=1e-4, rtol=0)
+
+
+def test_pad_and_random_affine_known_answers():
+    pixels = torch.rand(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    padded = Pad(2, value=0.5)(pixels)
+    assert padded.shape == (1, 3, 10, 10) and torch.equal(padded[..., 2:-2, 2:-2], pixels)
+    assert torch.all(padded[..., :2, :] == 0.5)
+    assert torch.equal(RandomAffine(scales=[1.0], angles=[0])(pixels), pixels)
+    quarter = RandomAffine(scales=[1.0], angles=[90], seed=0)(pixels)  # pixel centres land on pixel centres
+    torch.testing.assert_close(quarter, torch.rot90(pixels, 1, dims=(-2, -1)), atol=1e-5, rtol=0)
+    doubled = RandomAffine(scales=[2.0], angles=[0], seed=0)(torch.arange(36.0).view(1, 1, 6, 6))
+    assert float(doubled[0, 0, 2:4, 2:4].std()) < float(torch.arange(36.0).view(6, 6)[2:4, 2:4].std())  # zoomed in
+    draws = {tuple(RandomAffine(scales=[0.9, 1.1], angles=[-5, 5], seed=s)(pixels).flatten()[:3].tolist())
+             for s in range(8)}
+    assert len(draws) > 1
+    assert [type(t).__name__ for t in robust_transforms(128)] == ["Pad", "Jitter", "RandomAffine", "Jitter", "Crop"]
+    assert [robust_transforms(128)[0].width, robust_transforms(64)[0].width] == [12, 6]
+    assert torch.equal(Crop(2)(padded), pixels)
+    assert compose(robust_transforms(20))(pixels.new_ones(1, 3, 20, 20), torch.Generator()).shape == (1, 3, 20, 20)
+
+
+def test_bad_parametrization_arguments_say_what_to_do():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"Unknown parametrization 'fourer'.*fourier"):
+        optimize(model, start_image(), ClassScore(0), parametrization="fourer")
+    with pytest.raises(TypeError, match="parametrization must be one of"):
+        optimize(model, start_image(), ClassScore(0), parametrization=3)
+    with pytest.raises(ValueError, match="at least one scale"):
+        RandomAffine(scales=[])

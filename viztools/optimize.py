@@ -13,6 +13,10 @@ Image optimization in three pieces, after Lucid's ``optvis`` (objectives.py, ren
   pixels between steps, e.g. :func:`blur_every`. Pixels are clamped to [0, 1] after every step (``clamp=True``):
   a projection outside the optimizer's closure, since clamping inside an L-BFGS closure makes it diverge
   (pytorch/tutorials #143).
+* **Parametrizations** say what the optimizer changes: the pixels themselves (``parametrization="pixels"``, the
+  classic ascent), or, as in Olah et al. 2017 ("Feature Visualization", Distill) and Lucid's ``param.image``, the
+  coefficients of a Fourier basis scaled by 1 / frequency in a decorrelated colour space (``"fourier"``), with
+  :func:`robust_transforms` (pad, jitter, random scale and rotation) for transformation robustness.
 
 The sign convention lives in one place: the optimizer minimizes ``loss = -objective + sum(regularizers)``.
 :func:`optimize` yields :class:`Progress` records and never displays anything; :func:`run` drains it and returns
@@ -312,7 +316,7 @@ def _per_channel(value: float | Sequence[float], name: str) -> torch.Tensor:
     values = [value] * 3 if isinstance(value, (int, float)) else list(value)
     if len(values) != 3:
         raise ValueError(f"{name} must be a number or 3 per-channel numbers (R, G, B); got {value!r}.")
-    return torch.tensor([float(v) for v in values], dtype=torch.float32).view(1, 3, 1, 1)
+    return torch.tensor([float(v) for v in values], dtype=torch.float32, device="cpu").view(1, 3, 1, 1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -358,7 +362,7 @@ class Jitter(RandomTransform):
     def apply(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.max_shift == 0:
             return pixels
-        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=generator)
+        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (2,), generator=generator, device="cpu")
         return torch.roll(pixels, shifts=(int(shifts[0]), int(shifts[1])), dims=(-2, -1))
 
     def __repr__(self) -> str:
@@ -398,6 +402,242 @@ def blur_every(every: int, sigma: float = 0.5) -> AfterStep:
 
     blur.__name__ = blur.__qualname__ = f"blur_every({every}, sigma={sigma:g})"
     return blur
+
+
+class Pad:
+    """Pad the image by ``width`` pixels of a constant grey on every side (Lucid's ``pad``, before jitter)."""
+
+    def __init__(self, width: int, value: float = 0.5) -> None:
+        self.width = check_int(width, "pad width", low=0)
+        self.value = check_float(value, "pad value", low=0.0, high=1.0)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.width == 0:
+            return pixels
+        return torch.nn.functional.pad(pixels, (self.width,) * 4, mode="constant", value=self.value)
+
+    def __repr__(self) -> str:
+        return f"Pad({self.width}, value={self.value:g})"
+
+
+class Crop:
+    """Remove ``width`` pixels from every side (undoes :class:`Pad`, so the network sees the image's own size)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = check_int(width, "crop width", low=0)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.width == 0:
+            return pixels
+        if min(pixels.shape[-2:]) <= 2 * self.width:
+            raise ValueError(f"Cannot crop {self.width} px from each side of a {tuple(pixels.shape[-2:])} image; "
+                             "use a smaller crop width.")
+        return pixels[..., self.width:-self.width, self.width:-self.width]
+
+    def __repr__(self) -> str:
+        return f"Crop({self.width})"
+
+
+class RandomAffine(RandomTransform):
+    """Scale by a factor drawn from ``scales`` and rotate by an angle (degrees) drawn from ``angles``, about the centre.
+
+    One bilinear resampling (``affine_grid`` + ``grid_sample``, differentiable), keeping the image size; the
+    corners a rotation uncovers repeat the border. Transformation robustness (Olah et al. 2017, "Feature
+    Visualization"; Lucid's ``random_scale`` and ``random_rotate``): the image has to excite the class at every
+    scale and angle it is shown at, which suppresses the high-frequency patterns that only work in one alignment.
+    """
+
+    def __init__(self, scales: Sequence[float] = (1.0,), angles: Sequence[float] = (0.0,), *,
+                 seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.scales = [check_float(s, "scale", low=0.0, low_inclusive=False) for s in scales]
+        self.angles = [check_float(a, "angle (degrees)") for a in angles]
+        if not self.scales or not self.angles:
+            raise ValueError("RandomAffine needs at least one scale and one angle, e.g. scales=(1.0,), angles=(0,).")
+
+    def apply(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        scale = self.scales[int(torch.randint(len(self.scales), (1,), generator=generator, device="cpu"))]
+        angle = math.radians(self.angles[int(torch.randint(len(self.angles), (1,), generator=generator,
+                                                           device="cpu"))])
+        if scale == 1.0 and angle == 0.0:
+            return pixels
+        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale  # output -> input sampling coordinates
+        theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=pixels.dtype, device=pixels.device)
+        grid = torch.nn.functional.affine_grid(theta.expand(pixels.shape[0], 2, 3), list(pixels.shape),
+                                               align_corners=False)
+        return torch.nn.functional.grid_sample(pixels, grid, mode="bilinear", padding_mode="border",
+                                               align_corners=False)
+
+    def __repr__(self) -> str:
+        return f"RandomAffine(scales={self.scales}, angles={self.angles})"
+
+
+def robust_transforms(size: int) -> list[Transform]:
+    """Lucid's ``standard_transforms`` for a ``size``-px image (Olah et al. 2017): pad, jitter, scale, rotate, jitter.
+
+    At 128 px: pad 12 px of grey, roll up to 8 px, scale by 0.9-1.1, rotate by -10 to 10 degrees (0 more often),
+    roll up to 4 px; the pixel amounts scale with ``size / 128``. Unlike Lucid, the padding is cropped off again at
+    the end, so the network sees an image of the original size (classifiers with a fixed input size work too).
+    """
+    size = check_int(size, "size", low=1)
+    pixels = lambda amount: max(1, round(amount * size / 128))  # noqa: E731
+    return [
+        Pad(pixels(12)),
+        Jitter(pixels(8)),
+        RandomAffine(scales=[1 + (i - 5) / 50 for i in range(11)], angles=list(range(-10, 11)) + 5 * [0]),
+        Jitter(pixels(4)),
+        Crop(pixels(12)),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Image parametrizations: what the optimizer changes to make the image
+# --------------------------------------------------------------------------------------------------------------
+
+#: The square root of ImageNet's 3 x 3 RGB colour covariance (Lucid's ``color_correlation_svd_sqrt``: ``U sqrt(S)``
+#: from its SVD). Its columns map decorrelated colour components (roughly luminance, red-blue, green-magenta) to RGB.
+COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+#: The same matrix scaled so that its largest column has unit norm, as Lucid uses it.
+COLOR_CORRELATION = COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
+#: Lucid's ``fft_image`` divides the inverse transform by 4 ("reduces saturation").
+FOURIER_DAMPING = 4.0
+_SIGMOID_MARGIN = 1e-4  # encoding clamps pixels into [margin, 1 - margin] before the logit
+
+
+def decorrelated_to_rgb(components: torch.Tensor) -> torch.Tensor:
+    """Map ``(N, 3, H, W)`` decorrelated colour components to RGB with :data:`COLOR_CORRELATION` (Lucid)."""
+    return torch.einsum("rc,nchw->nrhw", COLOR_CORRELATION.to(components), components)
+
+
+def rgb_to_decorrelated(rgb: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`decorrelated_to_rgb`."""
+    return torch.einsum("cr,nrhw->nchw", torch.linalg.inv(COLOR_CORRELATION).to(rgb), rgb)
+
+
+def fourier_scale(height: int, width: int, decay_power: float = 1.0) -> torch.Tensor:
+    """``1 / frequency^decay_power`` for each coefficient of a real 2-D FFT of an ``height x width`` image (Lucid).
+
+    Frequencies are in cycles per pixel (``torch.fft.fftfreq`` / ``rfftfreq``); the constant term gets the value
+    of the lowest frequency, ``max(height, width)``. Natural images' spectra fall off about as ``1 / frequency``, so
+    a unit step on every coefficient gives an image with a natural image's balance of coarse and fine detail.
+    """
+    fy = torch.fft.fftfreq(height).view(-1, 1)
+    fx = torch.fft.rfftfreq(width).view(1, -1)
+    frequency = (fx.pow(2) + fy.pow(2)).sqrt().clamp_min(1.0 / max(height, width))
+    return frequency.pow(-decay_power)
+
+
+class ParametrizedImage:
+    """An image made from parameters the optimizer changes; :meth:`image` is differentiable in them.
+
+    The pixel parametrization (``parameters == [pixels]``) is the identity: the loop clamps its pixels to [0, 1]
+    after each step. The others end in a sigmoid, so every parameter value gives a valid image.
+    """
+
+    def __init__(self, parameters: list[torch.Tensor], *, bounded: bool) -> None:
+        self.parameters = parameters
+        self.bounded = bounded  # True: image() is always in [0, 1] (no clamping needed)
+
+    def image(self) -> torch.Tensor:
+        """The ``(N, 3, H, W)`` pixels in [0, 1] made from the parameters (differentiable)."""
+        raise NotImplementedError
+
+    def encode(self, pixels: torch.Tensor) -> None:
+        """Set the parameters so that :meth:`image` gives ``pixels`` (clamped into (0, 1) where a sigmoid ends it)."""
+        raise NotImplementedError
+
+
+class _Pixels(ParametrizedImage):
+    def __init__(self, start: torch.Tensor) -> None:
+        super().__init__([start.detach().clone().requires_grad_(True)], bounded=False)
+
+    def image(self) -> torch.Tensor:
+        return self.parameters[0]
+
+    def encode(self, pixels: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.parameters[0].copy_(pixels)
+
+
+class _SigmoidImage(ParametrizedImage):
+    """``sigmoid(colour(spatial(parameters)))``: Lucid's ``to_valid_rgb(..., sigmoid=True)``."""
+
+    def __init__(self, start: torch.Tensor, *, fourier: bool, decorrelate: bool, decay_power: float) -> None:
+        self.fourier, self.decorrelate = fourier, decorrelate
+        self.size = tuple(start.shape[-2:])
+        self.scale = fourier_scale(*self.size, decay_power).to(start.device) if fourier else None
+        super().__init__([], bounded=True)
+        self.parameters = [self._encoded(start).requires_grad_(True)]
+
+    def image(self) -> torch.Tensor:
+        values = self.parameters[0]
+        if self.fourier:
+            spectrum = torch.view_as_complex(values) * self.scale
+            values = torch.fft.irfftn(spectrum, s=self.size, norm="ortho") / FOURIER_DAMPING
+        if self.decorrelate:
+            values = decorrelated_to_rgb(values)
+        return torch.sigmoid(values)
+
+    def encode(self, pixels: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.parameters[0].copy_(self._encoded(pixels))
+
+    def _encoded(self, pixels: torch.Tensor) -> torch.Tensor:
+        values = torch.logit(pixels.detach().clamp(_SIGMOID_MARGIN, 1 - _SIGMOID_MARGIN))
+        if self.decorrelate:
+            values = rgb_to_decorrelated(values)
+        if self.fourier:
+            spectrum = torch.fft.rfftn(values * FOURIER_DAMPING, s=self.size, norm="ortho") / self.scale
+            values = torch.view_as_real(spectrum)
+        return values.contiguous().clone()
+
+
+@dataclass(frozen=True)
+class ImageParametrization:
+    """How the optimized parameters make the image (Olah et al. 2017, "Feature Visualization", Distill; Lucid's
+    ``param.image(size, fft=..., decorrelate=...)``).
+
+    Attributes:
+        fourier: optimize the coefficients of a real 2-D Fourier transform scaled by ``1 / frequency^decay_power``
+            instead of the pixels: a gradient step then changes coarse structure more than fine detail, which
+            steers the ascent away from high-frequency noise (gradient descent in a whitened basis).
+        decorrelate: optimize decorrelated colour components, mapped to RGB by the square root of ImageNet's
+            colour covariance (:data:`COLOR_CORRELATION`), so a step changes colours as they vary in photographs.
+        decay_power: the exponent of the frequency scaling (1 in Lucid).
+
+    Neither option (``"pixels"``) optimizes the pixels themselves, clamped to [0, 1] after each step; with either,
+    the image is the sigmoid of the (transformed) parameters. ``"fourier"`` is ``fourier=True, decorrelate=True``.
+    """
+
+    fourier: bool = False
+    decorrelate: bool = False
+    decay_power: float = 1.0
+
+    def build(self, start: torch.Tensor) -> ParametrizedImage:
+        """The parametrized image, with parameters set to give ``start`` (``(N, 3, H, W)`` pixels in [0, 1])."""
+        if not (self.fourier or self.decorrelate):
+            return _Pixels(start)
+        check_float(self.decay_power, "decay_power", low=0.0)
+        return _SigmoidImage(start, fourier=self.fourier, decorrelate=self.decorrelate, decay_power=self.decay_power)
+
+
+#: The named parametrizations ``optimize(..., parametrization=name)`` accepts.
+PARAMETRIZATIONS: dict[str, ImageParametrization] = {
+    "pixels": ImageParametrization(),
+    "fourier": ImageParametrization(fourier=True, decorrelate=True),
+}
+
+
+def image_parametrization(parametrization: str | ImageParametrization) -> ImageParametrization:
+    """Resolve ``"pixels"``, ``"fourier"`` or an :class:`ImageParametrization` (checked; a clear error otherwise)."""
+    if isinstance(parametrization, ImageParametrization):
+        return parametrization
+    if not isinstance(parametrization, str):
+        raise TypeError(
+            f"parametrization must be one of {sorted(PARAMETRIZATIONS)} or an ImageParametrization(fourier=..., "
+            f"decorrelate=...); got {type(parametrization).__name__}."
+        )
+    return PARAMETRIZATIONS[check_choice(parametrization, "parametrization", tuple(PARAMETRIZATIONS))]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -474,7 +714,9 @@ class LoopSettings:
         optimizer: ``"adam"``, ``"sgd"``, ``"lbfgs"``, or a factory ``params -> torch.optim.Optimizer``;
             ``optimizer_options`` go to its constructor (L-BFGS defaults to ``max_iter=1``: one step, one
             iteration).
-        lr: the learning rate, in pixel units.
+        lr: the learning rate, in units of the parametrization's parameters (pixel units for ``"pixels"``).
+        parametrization: what the optimizer changes: ``"pixels"`` (the default), ``"fourier"`` (a Fourier basis
+            scaled by 1 / frequency, in decorrelated colour; Olah et al. 2017) or an :class:`ImageParametrization`.
         transforms: applied to the pixels before the network sees them at each step (e.g. :class:`Jitter`).
         regularizers: penalties on the pixels (:class:`L2Penalty`, :class:`TotalVariation`).
         after_step: operations ``(pixels, step) -> pixels`` between steps (e.g. :func:`blur_every`).
@@ -490,6 +732,7 @@ class LoopSettings:
     steps: int = 100
     optimizer: str | OptimizerFactory = "adam"
     lr: float = 0.05
+    parametrization: str | ImageParametrization = "pixels"
     transforms: Sequence[Transform] = ()
     regularizers: Sequence[Regularizer] = ()
     after_step: Sequence[AfterStep] = ()
@@ -544,15 +787,17 @@ class Optimization(Iterator[Progress]):
         self.should_stop = check_stop_callback(settings.should_stop)
         self.generator = make_generator(settings.seed)
 
-        self.pixels = image.detach().clone().requires_grad_(True)
-        self.optimizer = _make_optimizer(settings.optimizer, self.pixels, self.lr, settings.optimizer_options)
+        self.parametrized = image_parametrization(settings.parametrization).build(image)
+        self.optimizer = _make_optimizer(
+            settings.optimizer, self.parametrized.parameters, self.lr, settings.optimizer_options
+        )
 
         self.step = 0
         self.closure_calls = 0
         self.history: list[dict[str, float]] = []
         self.best_loss = math.inf
         self.best_step = 0
-        self.best_image = self.pixels.detach().clone()
+        self.best_image = self.image
         self.stop_reason: str | None = None
         self._stop_requested = False
         self._started: float | None = None
@@ -571,7 +816,8 @@ class Optimization(Iterator[Progress]):
     @property
     def image(self) -> torch.Tensor:
         """The current pixels (a detached clone)."""
-        return self.pixels.detach().clone()
+        with torch.no_grad():
+            return self.parametrized.image().detach().clone()
 
     def __iter__(self) -> Optimization:
         return self
@@ -643,8 +889,8 @@ class Optimization(Iterator[Progress]):
     def _finish(self, reason: str) -> None:
         """Evaluate the final pixels once (they may be the best) and record why the loop stopped."""
         with torch.no_grad():
-            loss, _ = self._evaluate(self.pixels)
-        self._consider_best(float(loss), self.step)
+            loss, _, pixels = self._evaluate()
+        self._consider_best(float(loss), self.step, pixels)
         self.stop_reason = reason
         self._elapsed = time.perf_counter() - self._started
 
@@ -655,35 +901,39 @@ class Optimization(Iterator[Progress]):
         def closure() -> torch.Tensor:
             self.generator.set_state(step_generator_state)  # one random draw per step, however many calls
             self.optimizer.zero_grad(set_to_none=True)
-            loss, parts = self._evaluate(self.pixels)
+            loss, parts, pixels = self._evaluate()
             loss.backward()
             self.closure_calls += 1
             if not first:
                 first.update(parts)
-                self._consider_best(parts["total"], self.step)
+                self._consider_best(parts["total"], self.step, pixels)
             if self.normalize_gradient is not None:
-                self.pixels.grad = _normalized(self.pixels.grad, self.normalize_gradient)
+                for parameter in self.parametrized.parameters:
+                    parameter.grad = _normalized(parameter.grad, self.normalize_gradient)
             return loss
 
         self.optimizer.step(closure)
         self.step += 1
-        with torch.no_grad():
-            updated = self.pixels.detach()
-            for operation in self.after_step:
-                updated = operation(updated, self.step)
-            if self.clamp:
-                updated = updated.clamp(0.0, 1.0)
-            self.pixels.copy_(updated)
+        if self.after_step or (self.clamp and not self.parametrized.bounded):
+            with torch.no_grad():
+                updated = self.parametrized.image().detach()
+                for operation in self.after_step:
+                    updated = operation(updated, self.step)
+                if self.clamp:
+                    updated = updated.clamp(0.0, 1.0)
+                self.parametrized.encode(updated)  # a sigmoid parametrization takes the changed image back
         self.history.append(first)
         return first
 
-    def _consider_best(self, loss: float, step: int) -> None:
+    def _consider_best(self, loss: float, step: int, pixels: torch.Tensor) -> None:
         if loss < self.best_loss or not math.isfinite(self.best_loss):
             self.best_loss, self.best_step = loss, step
-            self.best_image = self.pixels.detach().clone()
+            self.best_image = pixels.detach().clone()
 
-    def _evaluate(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """``(total loss, named parts)`` for the pixels: one forward pass through the transforms and the model."""
+    def _evaluate(self) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """``(total loss, named parts, pixels)`` for the current parameters: one forward pass through the
+        parametrization, the transforms and the model."""
+        pixels = self.parametrized.image()
         seen = pixels
         for transform in self.transforms:
             seen = _apply_transform(transform, seen, self.generator)
@@ -696,7 +946,7 @@ class Optimization(Iterator[Progress]):
         total = sum(loss_terms.values())
         parts = {name: float(term.detach()) for name, term in loss_terms.items()}
         parts["total"] = float(total.detach())
-        return total, parts
+        return total, parts, pixels
 
     def _progress(self, losses: dict[str, float]) -> Progress:
         return Progress(
@@ -721,23 +971,23 @@ def _normalized(gradient: torch.Tensor, how: str) -> torch.Tensor:
 
 def _make_optimizer(
     optimizer: str | OptimizerFactory,
-    pixels: torch.Tensor,
+    parameters: list[torch.Tensor],
     lr: float,
     options: Mapping[str, object] | None,
 ) -> torch.optim.Optimizer:
     options = dict(options or {})
     if callable(optimizer) and not isinstance(optimizer, str):
-        made = optimizer([pixels])
+        made = optimizer(list(parameters))
         if not isinstance(made, torch.optim.Optimizer):
             raise TypeError(f"optimizer factory must return a torch.optim.Optimizer; got {type(made).__name__}.")
         return made
     check_choice(optimizer, "optimizer", OPTIMIZERS)
     try:
         if optimizer == "adam":
-            return torch.optim.Adam([pixels], lr=lr, **options)
+            return torch.optim.Adam(parameters, lr=lr, **options)
         if optimizer == "sgd":
-            return torch.optim.SGD([pixels], lr=lr, **options)
-        return torch.optim.LBFGS([pixels], lr=lr, **{"max_iter": 1, **options})
+            return torch.optim.SGD(parameters, lr=lr, **options)
+        return torch.optim.LBFGS(parameters, lr=lr, **{"max_iter": 1, **options})
     except TypeError as error:
         raise TypeError(f"Bad optimizer_options for {optimizer!r}: {error}.") from error
 
