@@ -514,15 +514,17 @@ def rgb_to_decorrelated(rgb: torch.Tensor) -> torch.Tensor:
     return torch.einsum("cr,nrhw->nchw", torch.linalg.inv(COLOR_CORRELATION).to(rgb), rgb)
 
 
-def fourier_scale(height: int, width: int, decay_power: float = 1.0) -> torch.Tensor:
+def fourier_scale(
+    height: int, width: int, decay_power: float = 1.0, *, device: str | torch.device | None = None
+) -> torch.Tensor:
     """``1 / frequency^decay_power`` for each coefficient of a real 2-D FFT of an ``height x width`` image (Lucid).
 
     Frequencies are in cycles per pixel (``torch.fft.fftfreq`` / ``rfftfreq``); the constant term gets the value
     of the lowest frequency, ``max(height, width)``. Natural images' spectra fall off about as ``1 / frequency``, so
     a unit step on every coefficient gives an image with a natural image's balance of coarse and fine detail.
     """
-    fy = torch.fft.fftfreq(height).view(-1, 1)
-    fx = torch.fft.rfftfreq(width).view(1, -1)
+    fy = torch.fft.fftfreq(height, device=device).view(-1, 1)
+    fx = torch.fft.rfftfreq(width, device=device).view(1, -1)
     frequency = (fx.pow(2) + fy.pow(2)).sqrt().clamp_min(1.0 / max(height, width))
     return frequency.pow(-decay_power)
 
@@ -565,7 +567,7 @@ class _SigmoidImage(ParametrizedImage):
     def __init__(self, start: torch.Tensor, *, fourier: bool, decorrelate: bool, decay_power: float) -> None:
         self.fourier, self.decorrelate = fourier, decorrelate
         self.size = tuple(start.shape[-2:])
-        self.scale = fourier_scale(*self.size, decay_power).to(start.device) if fourier else None
+        self.scale = fourier_scale(*self.size, decay_power, device=start.device) if fourier else None
         super().__init__([], bounded=True)
         self.parameters = [self._encoded(start).requires_grad_(True)]
 
