@@ -62,7 +62,8 @@ DEFAULT_LAYERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 #: Weight of each style layer by default. With content weight 1, ImageNet SqueezeNet keeps the cat recognizable
-#: and clearly textured by the course's example textures ("stained_cells", "hubble") after ~100 L-BFGS steps.
+#: and clearly painted or textured by the course's style images ("starry_strokes", "stained_cells", "hubble") after
+#: 50-100 L-BFGS steps.
 DEFAULT_STYLE_WEIGHT = 5.0
 
 INITS = ("content", "random")
