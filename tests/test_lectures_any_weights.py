@@ -5,20 +5,17 @@ layer, other pooling positions) with seeded random weights, picked by ``load_mod
 CI runs the lectures with the shared SqueezeNet 1.0 ImageNet weights; this catches what those runs cannot: layer
 names, channel numbers, filter sizes or shapes hard-coded for SqueezeNet 1.0, and asserts that only hold for
 trained weights without a guard (``model.weights_source != "random"``). The text of a lecture may then be wrong;
-nothing may fail. One lecture per test case, so pytest-xdist can spread them.
+nothing may fail. tests/test_lectures_glyphnet.py runs them as a student without ImageNet weights does.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 import torchvision
-from nbclient import NotebookClient
-
-LECTURES = sorted((Path(__file__).resolve().parents[1] / "lectures").glob("[0-9][0-9]_*.ipynb"))
+from lecture_runs import LECTURE_IDS, LECTURES, run_lecture
 
 # Injected before a lecture's first cell. load_model records a weights file's path as its source; this file holds
 # random weights, so models loaded from it say "random", as load_model(..., weights="random") does.
@@ -50,18 +47,10 @@ def random_squeezenet1_1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lecture", LECTURES, ids=[path.stem for path in LECTURES])
+@pytest.mark.parametrize("lecture", LECTURES, ids=LECTURE_IDS)
 def test_lecture_runs_on_squeezenet1_1_with_random_weights(
     lecture: Path, random_squeezenet1_1: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("VIZTOOLS_WEIGHTS_DIR", str(random_squeezenet1_1.parent))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    notebook = nbformat.read(lecture, as_version=4)
-    notebook.cells.insert(0, nbformat.v4.new_code_cell(SAY_RANDOM.format(path=str(random_squeezenet1_1))))
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(lecture.parent)}})
-    client.execute()  # raises CellExecutionError naming the cell and its traceback
-    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
-    assert not [output for output in outputs if output.get("output_type") == "error"]
-    printed = "".join(output.get("text", "") for output in outputs)
+    printed = run_lecture(lecture, random_squeezenet1_1.parent, monkeypatch,
+                          first_cell=SAY_RANDOM.format(path=str(random_squeezenet1_1)))
     assert "squeezenet1_1" in printed, f"{lecture.name} should have printed the model it runs on (squeezenet1_1)"
