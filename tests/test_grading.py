@@ -539,6 +539,28 @@ def _hidden_module_attr(name: str) -> object:
     return getattr(module, name)
 
 
+def test_grading_loads_its_models_on_the_cpu_where_load_model_would_pick_a_gpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A score must not depend on the grading machine: where load_model's default device is not the CPU ("meta"
+    stands in for a GPU here), the models the kernel hands to the student's functions and the hidden checks' own
+    GlyphNet are still on the CPU, and the sandboxed kernel sees no CUDA device."""
+    from viztools.grading._kernel import Kernel
+    from viztools.grading.sandbox import BASE_ENVIRONMENT
+
+    resolve = viztools.models.resolve_device
+    monkeypatch.setattr(viztools.models, "resolve_device",
+                        lambda device=None: torch.device("meta") if device is None else resolve(device))
+    assert viztools.load_model("glyphnet", quiet=True).device.type == "meta"  # the stand-in GPU is the default
+    kernel = Kernel.__new__(Kernel)  # only its model cache is needed, not a shell
+    kernel.models = {}
+    assert kernel.model({"model": "glyphnet"}).device.type == "cpu"
+    assert kernel.model({"model": "glyphnet", "weights": "random"}).device.type == "cpu"
+    for path in sorted(HIDDEN_DIR.glob("0[3-9]_*.py")):  # 01 and 02 load GlyphNet inside their checks
+        module_globals = next(iter(hidden_checks(path.stem).values())).__globals__
+        assert module_globals["_glyphnet"]().device.type == "cpu", path.stem
+    assert BASE_ENVIRONMENT["CUDA_VISIBLE_DEVICES"] == ""
+
+
 def test_every_check_of_every_exercise_has_a_hidden_check() -> None:
     for exercise in ("03_occlusion",):
         functions = hidden_checks(exercise)

@@ -30,6 +30,8 @@ Writing an exercise (``solutions/NN_name.ipynb`` is the single source; ``NN_name
 Grading (:func:`grade_notebook`; ``viztools grade PATH... [--jobs N] [--csv FILE] [--report FILE] [--shard I/N]``)
 runs each notebook in a sandboxed kernel (:mod:`viztools.grading.sandbox`) and the hidden checks in the grader,
 so nothing printed, patched or written in the notebook can change a score (:mod:`viztools.grading.grade`).
+Grading runs on the CPU whatever the machine has (the kernel and the hidden checks load their models with
+``device="cpu"``; the kernel sees no CUDA device), so a student's score is the same on every machine that grades it.
 """
 
 from __future__ import annotations

@@ -96,7 +96,9 @@ class Kernel:
             else:
                 from viztools.models import load_model
 
-                self.models[key] = load_model(spec["model"], **{k: v for k, v in spec.items() if k != "model"})
+                # On the CPU whatever the grading machine has, so that a score does not depend on where it ran.
+                options = {"device": "cpu", **{k: v for k, v in spec.items() if k != "model"}}
+                self.models[key] = load_model(spec["model"], **options)
         return self.models[key]
 
     def prepare(self, command: dict) -> None:

@@ -94,7 +94,7 @@ def _warm_up() -> None:
     from viztools.models import load_model
 
     static.to_python("%matplotlib inline")
-    load_model("glyphnet", quiet=True)
+    load_model("glyphnet", quiet=True, device="cpu")  # grading runs on the CPU (no GPU context before the fork)
     del grade
 
 

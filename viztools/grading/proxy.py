@@ -35,7 +35,8 @@ HiddenCheck = Callable[["Student", random.Random], list[str]]
 
 
 def model(name: str, **options: object) -> dict:
-    """An argument that the kernel turns into ``load_model(name)`` (or ``checks.corner_model(...)`` for "corner")."""
+    """An argument that the kernel turns into ``load_model(name, device="cpu")`` (``checks.corner_model(...)`` for
+    "corner")."""
     return {"model": name, **options}
 
 

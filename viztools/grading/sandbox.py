@@ -55,6 +55,7 @@ BASE_ENVIRONMENT = {
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONNOUSERSITE": "1",
     "TQDM_DISABLE": "0",
+    "CUDA_VISIBLE_DEVICES": "",  # grading runs on the CPU whatever the machine has: the same score everywhere
 }
 
 

@@ -126,7 +126,7 @@ def check_agreement(student: Student, rng: random.Random) -> list[str]:
     """knn_agreement on random clusters (both metrics) and on GlyphNet fc1 features of unseen GlyphWorld images."""
     problems, mistakes = [], []
     vectors, labels = _clustered(rng)
-    network = viztools.load_model("glyphnet", quiet=True)
+    network = viztools.load_model("glyphnet", quiet=True, device="cpu")
     images, glyph_labels = viztools.make_glyphworld(rng.randrange(80, 120), seed=rng.randrange(10, 10_000))
     fc1 = viztools.get_activations(network, images, ["fc1"])["fc1"]
     cases = [("random clusters", vectors, labels, "euclidean"), ("random clusters", vectors, labels, "cosine"),

@@ -44,7 +44,7 @@ def _glyph_image(rng: random.Random) -> tuple[torch.Tensor, int]:
 
 @functools.lru_cache(maxsize=1)
 def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True)
+    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def check_positions(student: Student, rng: random.Random) -> list[str]:

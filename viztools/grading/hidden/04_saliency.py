@@ -23,7 +23,7 @@ ATOL, RTOL = 1e-4, 1e-3
 
 
 def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True)
+    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def _glyph_images(rng: random.Random, n: int) -> tuple[torch.Tensor, list[int]]:

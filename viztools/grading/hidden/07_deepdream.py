@@ -35,7 +35,7 @@ OCTAVES_HINT = ("Hint: for each size of octave_sizes (coarsest first): base = re
 
 @functools.cache
 def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True)
+    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

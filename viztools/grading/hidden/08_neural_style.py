@@ -36,7 +36,7 @@ TRANSFER_HINT = ("Hint: targets once without gradients; pixels = content.clone()
 
 @functools.cache
 def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True)
+    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def reference_gram(features: torch.Tensor, scale: str = "hw") -> torch.Tensor:

@@ -29,7 +29,7 @@ FGSM_HINT = ("Hint: g = the gradient of F.cross_entropy(model(pixels), torch.ten
 
 
 def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True)
+    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def _images(rng: random.Random, count: int) -> tuple[torch.Tensor, torch.Tensor]:
