@@ -125,11 +125,12 @@ invert_features = finished(invert_features_optimization, "invert_features")
 
 
 def reconstruction_error(reconstruction: torch.Tensor, image: torch.Tensor) -> float:
-    """Root mean squared pixel difference between a reconstruction and the original (values in [0, 1])."""
+    """Root mean squared pixel difference between a reconstruction and the original (values in [0, 1]), on the
+    reconstruction's device."""
     reconstruction, image = check_image(reconstruction, "reconstruction"), check_image(image, "image")
     if reconstruction.shape != image.shape:
         raise ValueError(f"Shapes differ: {tuple(reconstruction.shape)} vs {tuple(image.shape)}.")
-    return float((reconstruction - image).pow(2).mean().sqrt())
+    return float((reconstruction - image.to(reconstruction.device)).pow(2).mean().sqrt())
 
 
 def plot_inversion(
