@@ -308,7 +308,9 @@ def test_plot_shows_the_three_images_and_one_curve_per_loss_term(model) -> None:
     result = style_transfer(model, content, style, content_layer="conv3", style_layers=STYLE_LAYERS, steps=3)
     figure = plot_style_transfer(result)
     assert plt.get_fignums() == []  # no pyplot state: the figure is only the returned object
-    image_axes, curves = figure.axes[:3], figure.axes[3]
+    image_axes = [axis for axis in figure.axes if axis.images]
+    [curves] = [axis for axis in figure.axes if axis.lines]
+    assert figure.get_size_inches()[0] <= 11  # projector-wide
     assert [axis.images[0].get_array().shape for axis in image_axes] == [(32, 32, 3), (40, 40, 3), (32, 32, 3)]
     labels = [line.get_label() for line in curves.lines]
     assert labels == ["total", "content:conv3", "style:conv1", "style:conv2", "style:conv3", "total variation"]

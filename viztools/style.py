@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from viztools._validation import check_choice, check_float, check_image, check_model, make_generator
-from viztools.data import to_numpy_image
 from viztools.hooks import forward_activations
 from viztools.models import VizModel
 from viztools.optimize import (
@@ -336,32 +335,31 @@ style_transfer = finished(style_transfer_optimization, "style_transfer")
 def plot_style_transfer(
     result: StyleTransferResult, image: torch.Tensor | None = None, *, ax: Axes | None = None
 ) -> Figure:
-    """Content | style | result, and every loss term per step on a log scale (lecture ``08_neural_style``).
+    """Content, style and result, with every loss term per step on a log scale below (lecture ``08_neural_style``).
 
     With ``ax`` only the loss curves are drawn there (a widget's live plot); ``image`` replaces the result's
     image in the picture row (e.g. an intermediate frame).
     """
-    from viztools.plotting import new_figure
+    from viztools.plotting import new_figure, show_images
 
     if not isinstance(result, StyleTransferResult):
         raise TypeError(f"plot_style_transfer takes the result of style_transfer(...); got {type(result).__name__}.")
     if ax is not None:
         plot_loss_curves(result.history, ax)
         return ax.figure
-    figure = new_figure((14, 3.6))
-    axes = figure.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 1.4]})
+    figure = new_figure((10.5, 8.2))  # the images above their loss curves: projector-wide, 10-11 pt text
+    pictures, losses = figure.subplots(2, 1, height_ratios=[1, 1.1])
     shown = result.image if image is None else check_image(image, "image")
-    for axis, pixels, title in zip(axes[:3], (result.content, result.style, shown),
-                                   ("content", "style", f"result (step {result.best_step})"), strict=True):
-        axis.imshow(to_numpy_image(pixels))
-        axis.set_title(title)
-        axis.axis("off")
-    plot_loss_curves(result.history, axes[3])
+    show_images([result.content, result.style, shown], ["content", "style", f"result (step {result.best_step})"],
+                columns=3, ax=pictures, panel_size=3.0)
+    plot_loss_curves(result.history, losses)
     return figure
 
 
 def plot_loss_curves(history: Sequence[Mapping[str, float]], ax: Axes) -> None:
     """Every loss term of an optimization's ``history`` per step, on a log scale (the total drawn thicker)."""
+    from viztools.plotting import FONT_SIZE
+
     names = [name for name in (history[0] if history else {}) if name != "total"]
     steps = range(1, len(history) + 1)
     for name in ["total", *names]:
@@ -371,7 +369,7 @@ def plot_loss_curves(history: Sequence[Mapping[str, float]], ax: Axes) -> None:
     ax.set_xlabel("step")
     ax.set_title("losses (weighted)")
     if names:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=FONT_SIZE - 1, ncols=2)
 
 
 def _network_view(pixels: torch.Tensor) -> torch.Tensor:
