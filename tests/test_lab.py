@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import free_port, stop_session
 
 LECTURES = Path(__file__).resolve().parents[1] / "lectures"
 START_TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get_json(url: str) -> dict | None:
@@ -35,21 +28,13 @@ def _get_json(url: str) -> dict | None:
         return None
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="stops the server through its process group (POSIX)")
 @pytest.mark.parametrize("where", ["clone", "new course"])
 def test_viztools_lab_serves_lecture_00_and_stops(tmp_path, where):
     folder, page = (LECTURES, "00_getting_started.ipynb") if where == "clone" else (
         tmp_path / "my course", "lectures/00_getting_started.ipynb")
-    port, token = _free_port(), "viztools-test-token"
+    port, token = free_port(), "viztools-test-token"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
     log = tmp_path / "lab.log"
@@ -74,11 +59,5 @@ def test_viztools_lab_serves_lecture_00_and_stops(tmp_path, where):
             assert _get_json(f"{base}/api/contents/exercises?token={token}")["content"]
         assert ("--allow-root" in printed) == (os.geteuid() == 0)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)  # its own session: the group id is its process id
-        process.wait(timeout=30)
-    deadline = time.monotonic() + 10
-    while _group_alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _group_alive(process.pid)
+        stop_session(process)
     assert _get_json(f"{base}/api/status?token={token}") is None

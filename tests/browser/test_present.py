@@ -8,7 +8,6 @@ Run with ``pytest -m browser tests/browser/test_present.py``; skipped where /usr
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from urllib.parse import urlparse
 
 import pytest
 from lab_scripts import IMAGE_DIGEST
+from servers import free_port, stop_session
 
 from viztools.course import write_course
 
@@ -26,30 +26,16 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 START_TIMEOUT = 60.0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
 def presented(tmp_path):
     """`viztools present 3` on a course written into a fresh folder, GlyphNet (no ImageNet weights folder)."""
     write_course(tmp_path / "course")
-    port, token = _free_port(), "present-test-token"
+    port, token = free_port(), "present-test-token"
     env = {k: v for k, v in os.environ.items() if k != "VIZTOOLS_WEIGHTS_DIR"}
     env.update(OMP_NUM_THREADS="1", JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), VIZTOOLS_OFFLINE="1")
     log = tmp_path / "present.log"
@@ -68,13 +54,7 @@ def presented(tmp_path):
         assert url in log.read_text()
         yield url, log
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)  # its own session: the group id is its process id
-        process.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while _group_alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _group_alive(process.pid), "the kernel outlived viztools present"
+        stop_session(process)
 
 
 def test_present_shows_lecture_03_as_a_live_app(chromium_browser, presented, screenshot_dir):
