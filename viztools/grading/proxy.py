@@ -16,6 +16,7 @@ A student function that raises or times out ends the check with feedback made by
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import random
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import torch
 from viztools.grading.answer_key import EXERCISE_NAME
 from viztools.grading.checks import close_problem
 from viztools.grading.kernel import CallTimeoutError, Reply, StudentKernel
+from viztools.models import VizModel
 
 HIDDEN_DIR = Path(__file__).parent / "hidden"
 
@@ -38,6 +40,16 @@ def model(name: str, **options: object) -> dict:
     """An argument that the kernel turns into ``load_model(name, device="cpu")`` (``checks.corner_model(...)`` for
     "corner")."""
     return {"model": name, **options}
+
+
+@functools.cache
+def reference_model(name: str = "glyphnet", **options: object) -> VizModel:
+    """The model a hidden check computes its own expected values with: ``load_model(name, device="cpu")``, as the
+    kernel loads the student's, so a score does not depend on the machine that grades it. Loaded once per grader
+    process (the grader's reference code never changes a model; students' code never sees this one)."""
+    from viztools.models import load_model
+
+    return load_model(name, quiet=True, device="cpu", **options)
 
 
 class StudentError(Exception):

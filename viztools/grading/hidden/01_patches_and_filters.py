@@ -13,7 +13,7 @@ import random
 import torch
 
 import viztools
-from viztools.grading.proxy import Student, close, equal
+from viztools.grading.proxy import Student, close, equal, reference_model
 from viztools.hooks import receptive_field
 from viztools.patches import top_activating_patches
 
@@ -155,7 +155,7 @@ def check_unit_box(student: Student, rng: random.Random) -> list[str]:
         units = output_size(GLYPHNET[:depth], 64)
         row = rng.randrange(units)
         col = rng.choice([c for c in range(units) if c != row] or [row])
-        rows, cols = receptive_field(viztools.load_model("glyphnet", quiet=True, device="cpu"), name, (row, col))
+        rows, cols = receptive_field(reference_model(), name, (row, col))
         compare(GLYPHNET[:depth], row, col, 64, [rows.start, rows.stop, cols.start, cols.stop])
     if not problems:
         return []
@@ -227,7 +227,7 @@ def _compare_patches(what: str, got: object, expected: list[torch.Tensor]) -> li
 
 def check_top_patches(student: Student, rng: random.Random) -> list[str]:
     """top_patches on unseen GlyphWorld images (a random layer and channel of GlyphNet) and on a random network."""
-    network = viztools.load_model("glyphnet", quiet=True, device="cpu")
+    network = reference_model()
     images, _ = viztools.make_glyphworld(rng.randrange(40, 60), seed=rng.randrange(10, 10_000))
     k, depths = rng.randrange(4, 7), [1, 3, 4, 5, 7]
     rng.shuffle(depths)

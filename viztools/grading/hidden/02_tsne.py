@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import viztools
 from viztools.embeddings import chance_label_agreement, knn_label_agreement
 from viztools.grading.checks import close_problem
-from viztools.grading.proxy import Student, close, equal
+from viztools.grading.proxy import Student, close, equal, reference_model
 
 DISTANCE_HINT = ("Hint: Euclidean is the square root of the summed squared differences (torch.cdist); cosine is "
                  "1 - (a . b) / (|a| |b|): normalize the rows, then a matrix product.")
@@ -126,7 +126,7 @@ def check_agreement(student: Student, rng: random.Random) -> list[str]:
     """knn_agreement on random clusters (both metrics) and on GlyphNet fc1 features of unseen GlyphWorld images."""
     problems, mistakes = [], []
     vectors, labels = _clustered(rng)
-    network = viztools.load_model("glyphnet", quiet=True, device="cpu")
+    network = reference_model()
     images, glyph_labels = viztools.make_glyphworld(rng.randrange(80, 120), seed=rng.randrange(10, 10_000))
     fc1 = viztools.get_activations(network, images, ["fc1"])["fc1"]
     cases = [("random clusters", vectors, labels, "euclidean"), ("random clusters", vectors, labels, "cosine"),

@@ -6,7 +6,6 @@ Every check draws its inputs from ``rng`` (seeded per grading run) and computes 
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 
@@ -14,7 +13,7 @@ import torch
 
 import viztools
 from viztools.grading.checks import corner_model
-from viztools.grading.proxy import Student, close, equal, model, require
+from viztools.grading.proxy import Student, close, equal, model, reference_model, require
 from viztools.occlusion import patch_starts
 
 POSITIONS_HINT = ("Hint: start at 0, step by `stride` while the patch fits, and if the last patch does not end at "
@@ -40,11 +39,6 @@ def reference_map(network: viztools.VizModel, image: torch.Tensor, target: int, 
 def _glyph_image(rng: random.Random) -> tuple[torch.Tensor, int]:
     images, labels = viztools.make_glyphworld(1, seed=rng.randrange(1, 10_000), start=rng.randrange(10_000))
     return images, int(labels[0])
-
-
-@functools.lru_cache(maxsize=1)
-def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def check_positions(student: Student, rng: random.Random) -> list[str]:
@@ -84,7 +78,7 @@ def check_naive_corner(student: Student, rng: random.Random) -> list[str]:
 
 def check_naive_glyphnet(student: Student, rng: random.Random) -> list[str]:
     """occlusion_naive on GlyphNet and an unseen GlyphWorld image, for its class and another one."""
-    network, (image, label) = _glyphnet(), _glyph_image(rng)
+    network, (image, label) = reference_model(), _glyph_image(rng)
     patch, stride = rng.choice([(16, 8), (16, 12), (20, 11)])
     problems = []
     for target in (label, rng.choice([c for c in range(10) if c != label])):
@@ -96,7 +90,7 @@ def check_naive_glyphnet(student: Student, rng: random.Random) -> list[str]:
 
 def check_naive_one_at_a_time(student: Student, rng: random.Random) -> list[str]:
     """occlusion_naive gives the right map with one occluded image per forward pass."""
-    network, (image, label) = _glyphnet(), _glyph_image(rng)
+    network, (image, label) = reference_model(), _glyph_image(rng)
     patch, stride = 32, rng.choice([11, 16])
     count = len(patch_starts(64, patch, stride)) ** 2
     returned = student.call("occlusion_naive", GLYPHNET, image, label, patch, stride, count_passes=True)
@@ -110,7 +104,7 @@ def check_naive_one_at_a_time(student: Student, rng: random.Random) -> list[str]
 
 def check_batched_values(student: Student, rng: random.Random) -> list[str]:
     """occlusion_batched gives the naive map for batch sizes that do and do not divide the positions."""
-    network, (image, label) = _glyphnet(), _glyph_image(rng)
+    network, (image, label) = reference_model(), _glyph_image(rng)
     patch, stride = rng.choice([(16, 8), (20, 11)])
     count = len(patch_starts(64, patch, stride)) ** 2
     expected = reference_map(network, image, label, patch, stride)
@@ -127,7 +121,7 @@ def check_batched_values(student: Student, rng: random.Random) -> list[str]:
 
 def check_batched_passes(student: Student, rng: random.Random) -> list[str]:
     """occlusion_batched gives the right map in few forward passes, none larger than batch_size."""
-    network, (image, label) = _glyphnet(), _glyph_image(rng)
+    network, (image, label) = reference_model(), _glyph_image(rng)
     batch_size = rng.randrange(9, 20)
     count = len(patch_starts(64, 16, 8)) ** 2
     returned = student.call("occlusion_batched", GLYPHNET, image, label, 16, 8, batch_size=batch_size,

@@ -15,15 +15,11 @@ import torch
 
 import viztools
 from viztools.grading.checks import corner_model
-from viztools.grading.proxy import Student, close, model, require
+from viztools.grading.proxy import Student, close, model, reference_model, require
 from viztools.saliency import deconvnet, guided_backprop, input_gradient, relu_rule, saliency
 
 GLYPHNET = model("glyphnet")
 ATOL, RTOL = 1e-4, 1e-3
-
-
-def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def _glyph_images(rng: random.Random, n: int) -> tuple[torch.Tensor, list[int]]:
@@ -88,7 +84,7 @@ def check_saliency_corner(student: Student, rng: random.Random) -> list[str]:
 
 def check_saliency_glyphnet(student: Student, rng: random.Random) -> list[str]:
     """saliency_map on GlyphNet and unseen GlyphWorld images, for their class and another one."""
-    network, (images, labels) = _glyphnet(), _glyph_images(rng, 2)
+    network, (images, labels) = reference_model(), _glyph_images(rng, 2)
     problems = []
     for k, label in enumerate(labels):
         image = images[k : k + 1]
@@ -177,7 +173,7 @@ RULE_HINT = ("attach a forward hook returning relu.apply(inputs[0]) to every nn.
 
 def check_rule_gradient(student: Student, rng: random.Random) -> list[str]:
     """rule_gradient for the three rules on unseen images and classes; no hook outlives a call."""
-    network, (images, labels) = _glyphnet(), _glyph_images(rng, 2)
+    network, (images, labels) = reference_model(), _glyph_images(rng, 2)
     references: dict[str, Callable] = {"guided": guided_backprop, "deconvnet": deconvnet, "plain": input_gradient}
     problems: list[str] = []
     for k, label in enumerate(labels):

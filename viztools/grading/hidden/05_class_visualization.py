@@ -14,14 +14,10 @@ import torch
 import viztools
 from viztools.data import gaussian_blur
 from viztools.grading.checks import corner_model
-from viztools.grading.proxy import Student, close, model, require
+from viztools.grading.proxy import Student, close, model, reference_model, require
 
 GLYPHNET = model("glyphnet")
 ATOL, RTOL = 1e-4, 1e-3
-
-
-def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def _glyph_image(rng: random.Random) -> torch.Tensor:
@@ -144,7 +140,7 @@ def check_score(student: Student, rng: random.Random) -> list[str]:
         problems += compare(f"corner model, class {target}, l2={l2:.3f}", got, expected, mistakes, SCORE_HINT)
         if problems:
             return problems
-    glyphnet, image = _glyphnet(), _glyph_image(rng)
+    glyphnet, image = reference_model(), _glyph_image(rng)
     target, l2 = rng.randrange(10), rng.uniform(0.001, 0.05)
     with torch.no_grad():
         expected = reference_score(glyphnet, image, target, l2)
@@ -169,7 +165,7 @@ def check_step_corner(student: Student, rng: random.Random) -> list[str]:
 
 def check_step_glyphnet(student: Student, rng: random.Random) -> list[str]:
     """ascent_step on GlyphNet from an unseen image, for another class, penalty and step size."""
-    network, image = _glyphnet(), _glyph_image(rng)
+    network, image = reference_model(), _glyph_image(rng)
     target, l2, lr = rng.randrange(10), rng.uniform(0.005, 0.05), rng.uniform(0.005, 0.05)
     got = student.call("ascent_step", GLYPHNET, image, target, l2, lr).value
     return compare(f"class {network.categories[target]!r}, l2={l2:.4f}, lr={lr:.4f}", got,
@@ -207,7 +203,7 @@ def check_jitter(student: Student, rng: random.Random) -> list[str]:
                        _jitter_mistakes(network, image, 0, l2, lr, dy, dx), JITTER_HINT)
     if problems:
         return problems
-    glyphnet, image = _glyphnet(), _glyph_image(rng)
+    glyphnet, image = reference_model(), _glyph_image(rng)
     target, dy, dx = rng.randrange(10), rng.choice([-4, -3, 2, 5]), rng.choice([-5, 3, 4])
     got = student.call("jittered_step", GLYPHNET, image, target, 0.01, 0.02, dy, dx).value
     return compare(f"GlyphNet, dy={dy}, dx={dx}", got, reference_jittered(glyphnet, image, target, 0.01, 0.02, dy, dx),
@@ -220,7 +216,7 @@ LOOP_HINT = ("start from the mean image (model.mean in every pixel); for step t 
 
 def check_loop_steps(student: Student, rng: random.Random) -> list[str]:
     """The first steps of class_visualization_loop on GlyphNet, with unseen shifts, clamping and a blur."""
-    network = _glyphnet()
+    network = reference_model()
     target = rng.randrange(10)
     shifts = [[rng.randint(-4, 4), rng.randint(-4, 4)] for _ in range(4)]
     lr, sigma = rng.uniform(0.2, 0.3), rng.uniform(0.6, 1.0)
@@ -244,7 +240,7 @@ def check_loop_steps(student: Student, rng: random.Random) -> list[str]:
 
 def check_loop_class(student: Student, rng: random.Random) -> list[str]:
     """class_visualization_loop paints two unseen classes that GlyphNet is sure of, with unseen shifts."""
-    network = _glyphnet()
+    network = reference_model()
     problems: list[str] = []
     for target in rng.sample(range(10), 2):
         shifts = [[rng.randint(-4, 4), rng.randint(-4, 4)] for _ in range(30)]

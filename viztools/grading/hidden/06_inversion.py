@@ -13,16 +13,12 @@ import random
 import torch
 
 import viztools
-from viztools.grading.proxy import Student, close, model, require
+from viztools.grading.proxy import Student, close, model, reference_model, require
 from viztools.hooks import forward_activations
 from viztools.optimize import TotalVariation
 
 GLYPHNET = model("glyphnet")
 ATOL, RTOL = 1e-4, 1e-3
-
-
-def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def _glyph_image(rng: random.Random) -> torch.Tensor:
@@ -168,7 +164,7 @@ INVERT_HINT = ("target = features(model, image, layer).detach(); x = start.detac
 
 def check_invert_steps(student: Student, rng: random.Random) -> list[str]:
     """The first steps of invert from an unseen start, image, layer, step size and TV weight, exactly."""
-    network, image = _glyphnet(), _glyph_image(rng)
+    network, image = reference_model(), _glyph_image(rng)
     layer = rng.choice(["conv1", "pool1", "conv2"])
     start = _start(rng, (0.3, 0.4))  # many pixels at 0 or 1, where the clamp matters
     steps, lr, tv_weight = 3, rng.uniform(0.03, 0.08), rng.uniform(5e-4, 2e-3)
@@ -199,7 +195,7 @@ def check_invert_steps(student: Student, rng: random.Random) -> list[str]:
 
 def check_invert_depths(student: Student, rng: random.Random) -> list[str]:
     """invert at conv1 and conv3 on an unseen image: features matched, the deeper reconstruction further away."""
-    network, image = _glyphnet(), _glyph_image(rng)
+    network, image = reference_model(), _glyph_image(rng)
     start = _start(rng)
     deep = rng.choice(["conv3", "pool3"])
     errors: dict[str, float] = {}

@@ -11,7 +11,6 @@ detail...) and names the one the answer matches.
 
 from __future__ import annotations
 
-import functools
 import random
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 import viztools
 from viztools.deepdream import octave_sizes as library_octave_sizes
-from viztools.grading.proxy import Returned, Student, close, equal, model, require
+from viztools.grading.proxy import Returned, Student, close, equal, model, reference_model, require
 from viztools.hooks import forward_activations
 
 GLYPHNET = model("glyphnet")
@@ -31,11 +30,6 @@ SIZES_HINT = ("Hint: start from [(height, width)]; octaves - 1 times divide the 
 OCTAVES_HINT = ("Hint: for each size of octave_sizes (coarsest first): base = resize(image, size), start from "
                 "(base + resize(detail, size)).clamp(0, 1), run `steps` dream_step calls, then "
                 "detail = dreamed - base.")
-
-
-@functools.cache
-def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -132,7 +126,7 @@ def _finish(problems: list[str], hints: list[str], default: str) -> list[str]:
 
 def check_gradient(student: Student, rng: random.Random) -> list[str]:
     """dream_gradient at other GlyphNet layers, on unseen images, one of them not 64 px."""
-    network = _glyphnet()
+    network = reference_model()
     layers = rng.sample(["conv1", "conv2", "conv4", "pool2", "pool3"], 2)
     cases = [(layer, _glyph_image(rng)) for layer in layers]
     side = rng.choice([40, 48, 56, 80])
@@ -164,7 +158,7 @@ def check_gradient(student: Student, rng: random.Random) -> list[str]:
 
 def check_step(student: Student, rng: random.Random) -> list[str]:
     """dream_step for other layers and step sizes, one so large that many pixels are clamped."""
-    network = _glyphnet()
+    network = reference_model()
     cases = [(rng.choice(["conv1", "pool1"]), rng.choice([0.003, 0.005, 0.008])),
              (rng.choice(["conv4", "pool3"]), rng.choice([0.02, 0.03, 0.04])),
              (rng.choice(["conv2", "conv3"]), rng.choice([0.15, 0.2, 0.3]))]
@@ -222,7 +216,7 @@ def check_octave_sizes(student: Student, rng: random.Random) -> list[str]:
 
 def check_octaves(student: Student, rng: random.Random) -> list[str]:
     """dream_octaves with other layers, numbers of octaves, scales and steps, on unseen (one non-square) images."""
-    network = _glyphnet()
+    network = reference_model()
     cases = [(_glyph_image(rng), rng.choice(["conv2", "conv4"]), 2, rng.choice([1.3, 1.5, 1.7]), 2,
               rng.choice([0.01, 0.02, 0.03])),
              (_glyph_image(rng, rng.choice([(56, 72), (72, 56), (60, 80)])), "conv3", 3, rng.choice([1.4, 1.5]), 2,

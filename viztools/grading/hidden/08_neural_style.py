@@ -11,13 +11,12 @@ answer matches.
 
 from __future__ import annotations
 
-import functools
 import random
 
 import torch
 
 import viztools
-from viztools.grading.proxy import Returned, Student, close, model, require
+from viztools.grading.proxy import Returned, Student, close, model, reference_model, require
 
 GLYPHNET = model("glyphnet")
 STYLE_IMAGES = ["hubble", "brick", "gravel", "grass", "colorwheel", "coffee", "astronaut"]
@@ -32,11 +31,6 @@ TV_HINT = ("Hint: (image[..., :, 1:] - image[..., :, :-1]).pow(2).mean() + "
 TRANSFER_HINT = ("Hint: targets once without gradients; pixels = content.clone().requires_grad_(True); Adam on "
                  "[pixels]; each step zero_grad, total loss (content_weight * content + style + tv_weight * TV), "
                  "backward, optimizer.step(), then clamp the pixels to [0, 1] in place.")
-
-
-@functools.cache
-def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def reference_gram(features: torch.Tensor, scale: str = "hw") -> torch.Tensor:
@@ -201,7 +195,7 @@ def check_content(student: Student, rng: random.Random) -> list[str]:
     for _ in range(2):
         shape = (1, rng.randrange(2, 20), rng.randrange(2, 9), rng.randrange(2, 9))
         cases.append((_features(rng, shape), _features(rng, shape) * rng.choice([0.5, 2.0, 3.0])))
-    network, layer = _glyphnet(), rng.choice(CONV_LAYERS)
+    network, layer = reference_model(), rng.choice(CONV_LAYERS)
     activations = [viztools.get_activations(network, _glyph_image(rng), [layer])[layer] for _ in range(2)]
     cases.append((activations[0], activations[1]))
     problems, hints = [], []
@@ -227,7 +221,7 @@ def check_content(student: Student, rng: random.Random) -> list[str]:
 
 def check_style(student: Student, rng: random.Random) -> list[str]:
     """style_loss at other GlyphNet layers and weights, with style images of another size than the features."""
-    network = _glyphnet()
+    network = reference_model()
     problems, hints = [], []
     for count in (1, rng.randrange(2, 5)):
         layers = sorted(rng.sample(CONV_LAYERS, count))
@@ -303,7 +297,7 @@ def _image_problem(what: str, returned: Returned, shape: tuple[int, ...]) -> tup
 def check_transfer(student: Student, rng: random.Random) -> list[str]:
     """transfer_style with other images, layers and weights lowers the grader's total loss about as much as the
     reference's Adam steps, keeps pixels in [0, 1], and starts from the content image."""
-    network = _glyphnet()
+    network = reference_model()
     content = _glyph_image(rng)
     style_name, style_size = rng.choice(STYLE_IMAGES), rng.choice([48, 64, 80])
     style = viztools.load_image(style_name, style_size)

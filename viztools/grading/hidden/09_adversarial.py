@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import viztools
 from viztools.adversarial import fgsm, fooling_image
 from viztools.grading.checks import close_problem
-from viztools.grading.proxy import Student, close, equal, model, require
+from viztools.grading.proxy import Student, close, equal, model, reference_model, require
 
 GLYPHNET = model("glyphnet")
 GRADIENT_HINT = ("Hint: pixels = image.clone().requires_grad_(True); score = model(pixels)[0, target] (the logit); "
@@ -26,10 +26,6 @@ FOOL_HINT = ("Hint: before each step, return (image, step) if int(model(image).a
              "max_steps steps return (image, max_steps).")
 FGSM_HINT = ("Hint: g = the gradient of F.cross_entropy(model(pixels), torch.tensor([label])) with respect to the "
              "pixels; return (image + epsilon * g.sign()).clamp(0, 1).")
-
-
-def _glyphnet() -> viztools.VizModel:
-    return viztools.load_model("glyphnet", quiet=True, device="cpu")
 
 
 def _images(rng: random.Random, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +61,7 @@ def check_gradient(student: Student, rng: random.Random) -> list[str]:
     expected[:, :, :corner, :corner] = 1 / 3
     got = student.call("class_score_gradient", model("corner", corner=corner, size=size), image, 0).value
     problems += close(f"corner model ({corner}x{corner} corner, {size}x{size} image), class 0", got, expected)
-    network = _glyphnet()
+    network = reference_model()
     images, labels = _images(rng, 2)
     for index in range(2):
         glyph = images[index : index + 1]
@@ -98,7 +94,7 @@ def check_step(student: Student, rng: random.Random) -> list[str]:
     expected[:, :, :corner, :corner] = (expected[:, :, :corner, :corner] + lr / (3 * corner**2) ** 0.5).clamp(0, 1)
     got = student.call("fooling_step", model("corner", corner=corner, size=size), start, 0, lr).value
     problems += close(f"corner model ({corner}x{corner} corner), lr={lr}", got, expected)
-    network = _glyphnet()
+    network = reference_model()
     images, labels = _images(rng, 2)
     for index, lr in enumerate([rng.choice([0.25, 0.4]), rng.choice([2.0, 4.0])]):
         glyph = images[index : index + 1]
@@ -127,7 +123,7 @@ def check_step(student: Student, rng: random.Random) -> list[str]:
 def check_fool(student: Student, rng: random.Random) -> list[str]:
     """fool gives viztools' fooling image and step count for unseen images, targets, step sizes and step limits."""
     problems, mistakes = [], []
-    network = _glyphnet()
+    network = reference_model()
     images, labels = viztools.make_glyphworld(2, seed=rng.randrange(10, 10_000), start=rng.randrange(1000))
     first, label = images[0:1], int(labels[0])
     others = [c for c in range(10) if c != label]
@@ -156,7 +152,7 @@ def check_fool(student: Student, rng: random.Random) -> list[str]:
 def check_fgsm(student: Student, rng: random.Random) -> list[str]:
     """fgsm_attack on unseen images (pixels at 0 and 1), true and other labels, small and large budgets."""
     problems, mistakes = [], []
-    network = _glyphnet()
+    network = reference_model()
     images, labels = _images(rng, 3)
     cases = [(0, int(labels[0]), rng.choice([1, 2, 3]) / 255), (1, int(labels[1]), rng.choice([0.08, 0.12, 0.2])),
              (2, rng.choice([c for c in range(10) if c != int(labels[2])]), rng.choice([4, 6]) / 255)]
