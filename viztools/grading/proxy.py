@@ -126,6 +126,19 @@ def close(what: str, got: object, expected: torch.Tensor, *, atol: float = 1e-4,
     return [] if problem is None else [f"{what}: {problem}"]
 
 
+def close_or_hint(what: str, got: object, expected: torch.Tensor, mistakes: list[tuple[torch.Tensor, str]], hint: str,
+                  *, atol: float = 1e-4, rtol: float = 0.0) -> list[str]:
+    """``close``, plus a hint when it fails: the text of the first known mistake whose result (``mistakes``: the
+    expected value computed the wrong way, and what went wrong) ``got`` matches, else the general ``hint``."""
+    problems = close(what, got, expected, atol=atol, rtol=rtol)
+    if not problems:
+        return []
+    named = next((text for variant, text in mistakes
+                  if isinstance(got, (torch.Tensor, float, int)) and not close("", got, variant, atol=atol, rtol=rtol)),
+                 None)
+    return [*problems, f"Hint: {named or hint}"]
+
+
 def equal(what: str, got: object, expected: object) -> list[str]:
     """``[]`` when ``got`` equals ``expected`` (tuples, ranges and lists of ints compare as lists)."""
     if isinstance(got, torch.Tensor) and got.dim() <= 1:

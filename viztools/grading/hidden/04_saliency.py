@@ -8,6 +8,7 @@ missing, ...) the feedback names it.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ import torch
 
 import viztools
 from viztools.grading.checks import corner_model
-from viztools.grading.proxy import Student, close, model, reference_model, require
+from viztools.grading.proxy import Student, close, close_or_hint, model, reference_model, require
 from viztools.saliency import deconvnet, guided_backprop, input_gradient, relu_rule, saliency
 
 GLYPHNET = model("glyphnet")
@@ -27,18 +28,8 @@ def _glyph_images(rng: random.Random, n: int) -> tuple[torch.Tensor, list[int]]:
     return images, [int(label) for label in labels]
 
 
-def _matches(got: object, variant: torch.Tensor) -> bool:
-    return isinstance(got, torch.Tensor) and not close("", got, variant, atol=ATOL, rtol=RTOL)
-
-
-def compare(what: str, got: object, expected: torch.Tensor, mistakes: list[tuple[torch.Tensor, str]],
-            hint: str) -> list[str]:
-    """``close`` plus the hint of the first known mistake that ``got`` matches (else the general ``hint``)."""
-    problems = close(what, got, expected, atol=ATOL, rtol=RTOL)
-    if not problems:
-        return []
-    named = next((f"Hint: {text}" for variant, text in mistakes if _matches(got, variant)), None)
-    return [*problems, named or f"Hint: {hint}"]
+#: close_or_hint at this exercise's tolerances: the hint names the mistake an answer matches.
+compare = functools.partial(close_or_hint, atol=ATOL, rtol=RTOL)
 
 
 def _probability_gradient(network: viztools.VizModel, image: torch.Tensor, target: int) -> torch.Tensor:

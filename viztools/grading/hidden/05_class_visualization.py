@@ -7,6 +7,7 @@ answer matches a known mistake (descending, the L2 penalty added, jitter not rol
 
 from __future__ import annotations
 
+import functools
 import random
 
 import torch
@@ -14,7 +15,7 @@ import torch
 import viztools
 from viztools.data import gaussian_blur
 from viztools.grading.checks import corner_model
-from viztools.grading.proxy import Student, close, model, reference_model, require
+from viztools.grading.proxy import Student, close_or_hint, model, reference_model, require
 
 GLYPHNET = model("glyphnet")
 ATOL, RTOL = 1e-4, 1e-3
@@ -29,18 +30,8 @@ def _generator(rng: random.Random) -> torch.Generator:
     return torch.Generator().manual_seed(rng.randrange(2**31))
 
 
-def _matches(got: object, variant: torch.Tensor) -> bool:
-    return isinstance(got, (torch.Tensor, float, int)) and not close("", got, variant, atol=ATOL, rtol=RTOL)
-
-
-def compare(what: str, got: object, expected: torch.Tensor, mistakes: list[tuple[torch.Tensor, str]],
-            hint: str) -> list[str]:
-    """``close`` plus the hint of the first known mistake that ``got`` matches (else the general ``hint``)."""
-    problems = close(what, got, expected, atol=ATOL, rtol=RTOL)
-    if not problems:
-        return []
-    named = next((f"Hint: {text}" for variant, text in mistakes if _matches(got, variant)), None)
-    return [*problems, named or f"Hint: {hint}"]
+#: close_or_hint at this exercise's tolerances: the hint names the mistake an answer matches.
+compare = functools.partial(close_or_hint, atol=ATOL, rtol=RTOL)
 
 
 # --------------------------------------------------------------------------------------------------------------

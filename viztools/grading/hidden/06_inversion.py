@@ -8,12 +8,13 @@ axis, SGD instead of Adam, ascent, no clamp, ...) the feedback names it.
 
 from __future__ import annotations
 
+import functools
 import random
 
 import torch
 
 import viztools
-from viztools.grading.proxy import Student, close, model, reference_model, require
+from viztools.grading.proxy import Student, close_or_hint, model, reference_model, require
 from viztools.hooks import forward_activations
 from viztools.optimize import TotalVariation
 
@@ -36,18 +37,8 @@ def _start(rng: random.Random, spread: tuple[float, float] = (0.05, 0.15)) -> to
     return (0.5 + rng.uniform(*spread) * noise).clamp(0, 1)
 
 
-def _matches(got: object, variant: torch.Tensor) -> bool:
-    return isinstance(got, (torch.Tensor, float, int)) and not close("", got, variant, atol=ATOL, rtol=RTOL)
-
-
-def compare(what: str, got: object, expected: torch.Tensor, mistakes: list[tuple[torch.Tensor, str]],
-            hint: str) -> list[str]:
-    """``close`` plus the hint of the first known mistake that ``got`` matches (else the general ``hint``)."""
-    problems = close(what, got, expected, atol=ATOL, rtol=RTOL)
-    if not problems:
-        return []
-    named = next((f"Hint: {text}" for variant, text in mistakes if _matches(got, variant)), None)
-    return [*problems, named or f"Hint: {hint}"]
+#: close_or_hint at this exercise's tolerances: the hint names the mistake an answer matches.
+compare = functools.partial(close_or_hint, atol=ATOL, rtol=RTOL)
 
 
 # --------------------------------------------------------------------------------------------------------------
