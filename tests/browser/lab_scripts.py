@@ -1,4 +1,5 @@
-"""Page scripts the browser tests share (evaluated in the page by Playwright): JupyterLab's state, images."""
+"""Page scripts the browser tests share (evaluated in the page by Playwright: JupyterLab's state, images) and the
+steps they take alike (moving a widget's slider)."""
 
 KERNEL_IDLE = """() => {
   const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -28,3 +29,18 @@ IMAGE_DIGEST = """async (img) => {
   const digest = await crypto.subtle.digest('SHA-256', await response.arrayBuffer());
   return Array.from(new Uint8Array(digest), byte => byte.toString(16).padStart(2, '0')).join('');
 }"""
+
+
+def raise_slider(page, explorer, label: str, presses: int = 4) -> tuple[int, int]:
+    """Focus the ``label`` slider of a widget and press ArrowRight ``presses`` times, as a user would; wait until its
+    readout shows a larger value. Returns (old, new) readout values."""
+    slider = explorer.locator(".widget-slider").filter(has_text=label)
+    readout = slider.locator(".widget-readout")
+    old = int(readout.inner_text())
+    handle = slider.locator(".noUi-handle")
+    handle.focus()
+    for _ in range(presses):
+        handle.press("ArrowRight")
+    page.wait_for_function("([node, old]) => Number(node.textContent) > old",
+                           arg=[readout.element_handle(), old], timeout=10_000)
+    return old, int(readout.inner_text())

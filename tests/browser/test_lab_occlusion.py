@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from lab_scripts import IMAGE_DIGEST, KERNEL_IDLE, RUN_STATE
+from lab_scripts import IMAGE_DIGEST, KERNEL_IDLE, RUN_STATE, raise_slider
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -57,17 +57,7 @@ def test_lecture_runs_and_patch_slider_redraws_heatmap(lab_page, lab_server, scr
     assert explorer.locator(".viztools-error").count() == 0
     before = image.evaluate(IMAGE_DIGEST)
 
-    slider = explorer.locator(".widget-slider").filter(has_text="patch size")
-    readout = slider.locator(".widget-readout")
-    old_patch = int(readout.inner_text())
-    handle = slider.locator(".noUi-handle")
-    handle.focus()
-    for _ in range(4):
-        handle.press("ArrowRight")
-    page.wait_for_function(
-        "([node, old]) => Number(node.textContent) > old", arg=[readout.element_handle(), old_patch], timeout=10_000
-    )
-    new_patch = int(readout.inner_text())
+    old_patch, new_patch = raise_slider(page, explorer, "patch size")
     assert new_patch > old_patch
 
     wait_for_new_image(image, before, timeout=60)

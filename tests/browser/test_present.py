@@ -15,7 +15,7 @@ import time
 from urllib.parse import urlparse
 
 import pytest
-from lab_scripts import IMAGE_DIGEST
+from lab_scripts import IMAGE_DIGEST, raise_slider
 from servers import free_port, stop_session
 
 from viztools.course import write_course
@@ -85,16 +85,7 @@ def test_present_shows_lecture_03_as_a_live_app(chromium_browser, presented, scr
         assert explorer.locator(".viztools-error").count() == 0
         image = explorer.locator("img.widget-image").first
         before = image.evaluate(IMAGE_DIGEST)
-        slider = explorer.locator(".widget-slider").filter(has_text="patch size")
-        readout = slider.locator(".widget-readout")
-        old_patch = int(readout.inner_text())
-        handle = slider.locator(".noUi-handle")
-        handle.focus()
-        for _ in range(4):
-            handle.press("ArrowRight")
-        page.wait_for_function("([node, old]) => Number(node.textContent) > old",
-                               arg=[readout.element_handle(), old_patch], timeout=10_000)
-        new_patch = int(readout.inner_text())
+        _, new_patch = raise_slider(page, explorer, "patch size")
         page.wait_for_function("([node, patch]) => node.textContent.includes('full map')"
                                " && node.textContent.includes(`patch ${patch} px`)",
                                arg=[summary.element_handle(), new_patch], timeout=60_000)
